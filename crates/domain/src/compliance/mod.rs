@@ -1,0 +1,162 @@
+//! The compliance engine: rules as pure functions from facts to judgements.
+//!
+//! Every rule judges from device time and per-pen sequence numbers only, and each judgement
+//! is a function of the whole set of facts, not of the order they arrived in: a pen that
+//! uploads an hour late gets the same verdicts. When late facts change a judgement, the store
+//! records the change (a violation raised or retracted), never a silent rewrite.
+
+mod disinfection;
+mod reuse;
+
+pub use disinfection::{judge_disinfection, PenFact, PenFactKind};
+pub use reuse::{judge_cartridge_reuse, CartridgeUse};
+
+use std::fmt;
+
+use crate::ids::{PenSerial, SessionId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Critical,
+    Major,
+    Minor,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::Major => "major",
+            Self::Minor => "minor",
+        }
+    }
+}
+
+/// The rules of the compliance record. Ids are stable: they are stored and queried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    CartridgeReuse,
+    CartridgeExpired,
+    CartridgeRecalled,
+    CartridgeUnverified,
+    CartridgeOveruse,
+    PenNotDisinfected,
+    DepthLimit,
+    PenServiceDue,
+    TelemetryGap,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 9] = [
+        Rule::CartridgeReuse,
+        Rule::CartridgeExpired,
+        Rule::CartridgeRecalled,
+        Rule::CartridgeUnverified,
+        Rule::CartridgeOveruse,
+        Rule::PenNotDisinfected,
+        Rule::DepthLimit,
+        Rule::PenServiceDue,
+        Rule::TelemetryGap,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::CartridgeReuse => "CARTRIDGE_REUSE",
+            Self::CartridgeExpired => "CARTRIDGE_EXPIRED",
+            Self::CartridgeRecalled => "CARTRIDGE_RECALLED",
+            Self::CartridgeUnverified => "CARTRIDGE_UNVERIFIED",
+            Self::CartridgeOveruse => "CARTRIDGE_OVERUSE",
+            Self::PenNotDisinfected => "PEN_NOT_DISINFECTED",
+            Self::DepthLimit => "DEPTH_LIMIT",
+            Self::PenServiceDue => "PEN_SERVICE_DUE",
+            Self::TelemetryGap => "TELEMETRY_GAP",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            Self::CartridgeReuse
+            | Self::CartridgeExpired
+            | Self::CartridgeRecalled
+            | Self::CartridgeUnverified
+            | Self::PenNotDisinfected => Severity::Critical,
+            Self::CartridgeOveruse | Self::DepthLimit => Severity::Major,
+            Self::PenServiceDue | Self::TelemetryGap => Severity::Minor,
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Rule> {
+        Self::ALL.into_iter().find(|rule| rule.id() == id)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// A session, as rules name it: sessions are unique per pen.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionRef {
+    pub pen: PenSerial,
+    pub session_id: SessionId,
+}
+
+/// A rule's judgement of one session: `explanation` is `Some` when the rule is violated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    pub rule: Rule,
+    pub session: SessionRef,
+    pub explanation: Option<String>,
+}
+
+impl Judgement {
+    pub fn is_violation(&self) -> bool {
+        self.explanation.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Compliant,
+    NonCompliant,
+    /// The session has not ended (or its start is missing), so the record is not complete.
+    Incomplete,
+}
+
+/// A session's verdict from what is known of it.
+pub fn session_verdict(started: bool, ended: bool, active_violations: usize) -> Verdict {
+    if active_violations > 0 {
+        Verdict::NonCompliant
+    } else if started && ended {
+        Verdict::Compliant
+    } else {
+        Verdict::Incomplete
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_ids_round_trip_and_are_unique() {
+        for rule in Rule::ALL {
+            assert_eq!(Rule::from_id(rule.id()), Some(rule));
+        }
+        let mut ids: Vec<_> = Rule::ALL.iter().map(|r| r.id()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 9);
+        assert_eq!(Rule::from_id("NOPE"), None);
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(session_verdict(true, true, 0), Verdict::Compliant);
+        assert_eq!(session_verdict(true, false, 0), Verdict::Incomplete);
+        assert_eq!(session_verdict(true, false, 1), Verdict::NonCompliant);
+        assert_eq!(session_verdict(false, true, 0), Verdict::Incomplete);
+    }
+}

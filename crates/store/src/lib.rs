@@ -1,1 +1,107 @@
+//! The compliance record, in SQL through sqlx.
+//!
+//! SQLite (embedded, WAL) is the default; the SQL is kept portable for PostgreSQL. The store
+//! applies ingest batches in one transaction each, asks the pure compliance engine for
+//! judgements, and records violations (raised or retracted, never deleted).
 
+mod batch;
+mod directory;
+mod fleet;
+mod queries;
+
+pub use batch::{
+    Effects, EndedSession, IngestBatch, PenStateUpdate, QuarantineEntry, RaisedViolation,
+    StatusReport,
+};
+pub use directory::{PenDirectory, PenPlacement};
+pub use fleet::{ChainRow, ClinicRow, PenRow};
+pub use queries::{CartridgeView, PenSterilityView, SessionView, ViolationFilter, ViolationRow};
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unsupported database URL {0:?}: expected sqlite:PATH")]
+    UnsupportedUrl(String),
+    #[error("cannot open database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// True when the database itself is failing (full disk, I/O), so retrying later may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Database(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    directory: PenDirectory,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database, applies migrations and loads the pen directory.
+    pub async fn connect(url: &str) -> Result<Store> {
+        if !url.starts_with("sqlite:") {
+            return Err(Error::UnsupportedUrl(url.to_owned()));
+        }
+        let open_error = |source| Error::Open {
+            url: url.to_owned(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(open_error)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed batch survives power loss, not only a process crash; batching
+            // keeps the cost to one fsync per batch.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let directory = PenDirectory::default();
+        let store = Store { pool, directory };
+        store.reload_directory().await?;
+        Ok(store)
+    }
+
+    /// The in-memory view of registered pens that ingest consults for every message.
+    pub fn directory(&self) -> &PenDirectory {
+        &self.directory
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Store;
+
+    pub(crate) async fn temp_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("test.db").display());
+        (Store::connect(&url).await.unwrap(), dir)
+    }
+}

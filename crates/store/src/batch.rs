@@ -1,0 +1,628 @@
+//! Applying one ingest batch: facts in, judgements recorded, all in one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use penwarden_domain::compliance::{
+    judge_cartridge_reuse, judge_disinfection, CartridgeUse, Judgement, PenFact, PenFactKind, Rule,
+    SessionRef,
+};
+use penwarden_domain::{
+    CartridgeKey, ChainId, ClinicId, DeviceEvent, EventRecord, PenSerial, SessionId, Udi,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::directory::PenPlacement;
+use crate::{Result, Store};
+
+/// A pen's retained birth or death message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PenStateUpdate {
+    pub pen: PenSerial,
+    pub device_time_ms: i64,
+    pub online: bool,
+    pub firmware: String,
+    pub model: String,
+}
+
+/// A message that could not be accepted, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineEntry {
+    pub received_ms: i64,
+    pub topic: String,
+    /// The pen the message claims to come from, when that much could be read.
+    pub pen: Option<String>,
+    /// A stable, countable reason such as `decode_error` or `unregistered_pen`.
+    pub reason: &'static str,
+    pub detail: String,
+    pub payload_excerpt: String,
+    pub payload_len: usize,
+}
+
+/// Everything one batch of MQTT messages asks of the record.
+#[derive(Debug, Default)]
+pub struct IngestBatch {
+    pub received_ms: i64,
+    /// Unknown pens to register on the fly (auto-registration is on).
+    pub auto_register: BTreeSet<PenSerial>,
+    pub events: Vec<EventRecord>,
+    pub states: Vec<PenStateUpdate>,
+    /// Latest telemetry sample time per pen, for last-seen.
+    pub telemetry_seen: BTreeMap<PenSerial, i64>,
+    pub quarantine: Vec<QuarantineEntry>,
+}
+
+impl IngestBatch {
+    pub fn is_empty(&self) -> bool {
+        self.auto_register.is_empty()
+            && self.events.is_empty()
+            && self.states.is_empty()
+            && self.telemetry_seen.is_empty()
+            && self.quarantine.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaisedViolation {
+    pub id: i64,
+    pub rule: Rule,
+    pub explanation: String,
+    pub pen: String,
+    pub clinic: Option<String>,
+    pub chain: Option<String>,
+    pub session_id: String,
+    pub cartridge_serial: Option<String>,
+    pub device_time_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndedSession {
+    pub pen: String,
+    pub clinic: Option<String>,
+    pub chain: Option<String>,
+    pub session_id: String,
+    pub area: Option<String>,
+    pub started_ms: Option<i64>,
+    pub ended_ms: i64,
+    pub duration_ms: i64,
+    pub cartridge_serial: Option<String>,
+    pub cartridge_lot: Option<String>,
+    pub strokes: i64,
+    pub motor_seconds: f64,
+    pub max_depth_mm: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusReport {
+    pub pen: PenSerial,
+    pub device_time_ms: i64,
+    pub battery_pct: f64,
+    pub firmware: String,
+    pub motor_hours: f64,
+}
+
+/// What a batch changed, for the time series and for logs.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub new_events: usize,
+    pub duplicate_events: usize,
+    pub quarantined: usize,
+    pub raised: Vec<RaisedViolation>,
+    pub retracted: Vec<RaisedViolation>,
+    pub ended_sessions: Vec<EndedSession>,
+    pub statuses: Vec<StatusReport>,
+}
+
+const RETRACTION_REASON: &str =
+    "withdrawn: device data that arrived later changed the judgement of this session";
+
+impl Store {
+    /// Applies a batch in one transaction. `outbox_lines` turns the batch's effects into
+    /// time-series lines, which are stored in the same transaction so a crash after commit
+    /// cannot lose them.
+    pub async fn apply_batch(
+        &self,
+        batch: &IngestBatch,
+        outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
+    ) -> Result<Effects> {
+        let mut tx = self.pool.begin().await?;
+        let mut effects = Effects::default();
+        let now = batch.received_ms;
+
+        for pen in &batch.auto_register {
+            sqlx::query(
+                "INSERT INTO pens (pen_serial, auto_registered, registered_ms) VALUES (?, TRUE, ?)
+                 ON CONFLICT (pen_serial) DO NOTHING",
+            )
+            .bind(pen.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        for entry in &batch.quarantine {
+            sqlx::query(
+                "INSERT INTO quarantine (received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(entry.received_ms)
+            .bind(&entry.topic)
+            .bind(&entry.pen)
+            .bind(entry.reason)
+            .bind(&entry.detail)
+            .bind(&entry.payload_excerpt)
+            .bind(entry.payload_len as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        effects.quarantined = batch.quarantine.len();
+
+        for state in &batch.states {
+            sqlx::query(
+                "UPDATE pens SET online = ?, state_time_ms = ?,
+                     firmware = CASE WHEN ? = '' THEN firmware ELSE ? END,
+                     model = CASE WHEN ? = '' THEN model ELSE ? END,
+                     last_seen_ms = CASE WHEN last_seen_ms IS NULL OR last_seen_ms < ? THEN ? ELSE last_seen_ms END
+                 WHERE pen_serial = ? AND (state_time_ms IS NULL OR state_time_ms <= ?)",
+            )
+            .bind(state.online)
+            .bind(state.device_time_ms)
+            .bind(&state.firmware)
+            .bind(&state.firmware)
+            .bind(&state.model)
+            .bind(&state.model)
+            .bind(state.device_time_ms)
+            .bind(state.device_time_ms)
+            .bind(state.pen.as_str())
+            .bind(state.device_time_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        for (pen, seen_ms) in &batch.telemetry_seen {
+            touch_last_seen(&mut tx, pen, *seen_ms).await?;
+        }
+
+        let mut touched_pens: BTreeMap<PenSerial, u64> = BTreeMap::new();
+        let mut touched_cartridges: BTreeSet<CartridgeKey> = BTreeSet::new();
+        let mut ended: Vec<(PenSerial, SessionId)> = Vec::new();
+        for record in &batch.events {
+            if !insert_event(&mut tx, record, now).await? {
+                effects.duplicate_events += 1;
+                continue;
+            }
+            effects.new_events += 1;
+            touch_last_seen(&mut tx, &record.pen, record.device_time_unix_ms).await?;
+            let placement = self.directory.get(&record.pen).unwrap_or_default();
+            match &record.event {
+                DeviceEvent::SessionStarted { .. } => {
+                    if let Some(key) =
+                        record_session_start(&mut tx, record, &placement, now).await?
+                    {
+                        touched_cartridges.insert(key);
+                    }
+                }
+                DeviceEvent::SessionEnded { session_id, .. } => {
+                    record_session_end(&mut tx, record, &placement).await?;
+                    ended.push((record.pen.clone(), session_id.clone()));
+                }
+                DeviceEvent::Status {
+                    battery_pct,
+                    firmware,
+                    motor_hours,
+                } => {
+                    sqlx::query("UPDATE pens SET battery_pct = ?, motor_hours = ?, firmware = CASE WHEN ? = '' THEN firmware ELSE ? END WHERE pen_serial = ?")
+                        .bind(battery_pct)
+                        .bind(motor_hours)
+                        .bind(firmware)
+                        .bind(firmware)
+                        .bind(record.pen.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    effects.statuses.push(StatusReport {
+                        pen: record.pen.clone(),
+                        device_time_ms: record.device_time_unix_ms,
+                        battery_pct: *battery_pct,
+                        firmware: firmware.clone(),
+                        motor_hours: *motor_hours,
+                    });
+                }
+                _ => {}
+            }
+            if matches!(
+                record.event,
+                DeviceEvent::SessionStarted { .. }
+                    | DeviceEvent::SessionEnded { .. }
+                    | DeviceEvent::Disinfected { .. }
+            ) {
+                let min_seq = touched_pens.entry(record.pen.clone()).or_insert(record.seq);
+                *min_seq = (*min_seq).min(record.seq);
+            }
+        }
+
+        for key in &touched_cartridges {
+            let judgements = judge_cartridge_reuse(&cartridge_uses(&mut tx, key).await?);
+            reconcile(&mut tx, &judgements, now, &mut effects).await?;
+        }
+        for (pen, min_seq) in &touched_pens {
+            let (facts, anchored) = pen_window(&mut tx, pen, *min_seq).await?;
+            let judgements = judge_disinfection(pen, &facts, anchored);
+            reconcile(&mut tx, &judgements, now, &mut effects).await?;
+        }
+        for (pen, session_id) in &ended {
+            if let Some(session) = ended_session(&mut tx, pen, session_id).await? {
+                effects.ended_sessions.push(session);
+            }
+        }
+
+        let lines = outbox_lines(&effects);
+        if !lines.is_empty() {
+            sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES (?, ?)")
+                .bind(lines.join("\n"))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+
+        for pen in &batch.auto_register {
+            if self.directory.get(pen).is_none() {
+                self.directory.insert(pen.clone(), PenPlacement::default());
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Oldest outbox rows first, at most `limit`.
+    pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query("SELECT id, lines FROM influx_outbox ORDER BY id LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    /// Forgets outbox rows once InfluxDB has accepted their lines.
+    pub async fn delete_outbox(&self, up_to_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM influx_outbox WHERE id <= ?")
+            .bind(up_to_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn touch_last_seen(
+    tx: &mut Transaction<'_, Sqlite>,
+    pen: &PenSerial,
+    seen_ms: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE pens SET last_seen_ms = ? WHERE pen_serial = ? AND (last_seen_ms IS NULL OR last_seen_ms < ?)")
+        .bind(seen_ms)
+        .bind(pen.as_str())
+        .bind(seen_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Inserts the event unless (pen, seq) is already recorded; returns whether it was new.
+async fn insert_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    record: &EventRecord,
+    now: i64,
+) -> Result<bool> {
+    let (session_id, sheath_changed, detail) = match &record.event {
+        DeviceEvent::SessionStarted { session_id, .. }
+        | DeviceEvent::SessionEnded { session_id, .. } => {
+            (Some(session_id.as_str()), None, String::new())
+        }
+        DeviceEvent::Disinfected {
+            method,
+            sheath_changed,
+        } => (None, Some(*sheath_changed), method.as_str().to_owned()),
+        DeviceEvent::CartridgeAttached { cartridge_udi }
+        | DeviceEvent::CartridgeDetached { cartridge_udi } => (None, None, cartridge_udi.clone()),
+        DeviceEvent::DepthChanged { depth_mm } => (None, None, depth_mm.to_string()),
+        DeviceEvent::Fault { code, detail } => (None, None, format!("{code}: {detail}")),
+        DeviceEvent::Status { firmware, .. } => (None, None, firmware.clone()),
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO pen_events (pen_serial, seq, kind, device_time_ms, received_ms, session_id, sheath_changed, detail)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pen_serial, seq) DO NOTHING",
+    )
+    .bind(record.pen.as_str())
+    .bind(record.seq as i64)
+    .bind(record.event.kind())
+    .bind(record.device_time_unix_ms)
+    .bind(now)
+    .bind(session_id)
+    .bind(sheath_changed)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+async fn record_session_start(
+    tx: &mut Transaction<'_, Sqlite>,
+    record: &EventRecord,
+    placement: &PenPlacement,
+    now: i64,
+) -> Result<Option<CartridgeKey>> {
+    let DeviceEvent::SessionStarted {
+        session_id,
+        cartridge_udi,
+        operator_id,
+        area,
+        depth_setting_mm,
+        ..
+    } = &record.event
+    else {
+        return Ok(None);
+    };
+    // An unparseable UDI is itself a finding (CARTRIDGE_UNVERIFIED); the session is recorded.
+    let udi = Udi::parse(cartridge_udi).ok();
+    if let Some(udi) = &udi {
+        sqlx::query(
+            "INSERT INTO cartridges (gtin, serial, lot, expiry, first_seen_ms) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (gtin, serial) DO NOTHING",
+        )
+        .bind(&udi.gtin)
+        .bind(&udi.serial)
+        .bind(&udi.lot)
+        .bind(udi.expiry.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO sessions (pen_serial, session_id, clinic_id, chain_id, start_seq, started_ms, cartridge_udi,
+             cartridge_gtin, cartridge_serial, cartridge_lot, operator_id, area, depth_setting_mm)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (pen_serial, session_id) DO UPDATE SET
+             clinic_id = excluded.clinic_id, chain_id = excluded.chain_id, start_seq = excluded.start_seq,
+             started_ms = excluded.started_ms, cartridge_udi = excluded.cartridge_udi,
+             cartridge_gtin = excluded.cartridge_gtin, cartridge_serial = excluded.cartridge_serial,
+             cartridge_lot = excluded.cartridge_lot, operator_id = excluded.operator_id, area = excluded.area,
+             depth_setting_mm = excluded.depth_setting_mm",
+    )
+    .bind(record.pen.as_str())
+    .bind(session_id.as_str())
+    .bind(placement.clinic.as_ref().map(ClinicId::as_str))
+    .bind(placement.chain.as_ref().map(ChainId::as_str))
+    .bind(record.seq as i64)
+    .bind(record.device_time_unix_ms)
+    .bind(cartridge_udi)
+    .bind(udi.as_ref().map(|u| u.gtin.as_str()))
+    .bind(udi.as_ref().map(|u| u.serial.as_str()))
+    .bind(udi.as_ref().map(|u| u.lot.as_str()))
+    .bind(operator_id.as_ref().map(|o| o.as_str()))
+    .bind(area.as_str())
+    .bind(depth_setting_mm)
+    .execute(&mut **tx)
+    .await?;
+    Ok(udi.map(|u| u.key()))
+}
+
+async fn record_session_end(
+    tx: &mut Transaction<'_, Sqlite>,
+    record: &EventRecord,
+    placement: &PenPlacement,
+) -> Result<()> {
+    let DeviceEvent::SessionEnded {
+        session_id,
+        duration_ms,
+        strokes,
+        motor_seconds,
+        max_depth_mm,
+    } = &record.event
+    else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO sessions (pen_serial, session_id, clinic_id, chain_id, end_seq, ended_ms, duration_ms, strokes,
+             motor_seconds, max_depth_mm)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (pen_serial, session_id) DO UPDATE SET
+             end_seq = excluded.end_seq, ended_ms = excluded.ended_ms, duration_ms = excluded.duration_ms,
+             strokes = excluded.strokes, motor_seconds = excluded.motor_seconds, max_depth_mm = excluded.max_depth_mm",
+    )
+    .bind(record.pen.as_str())
+    .bind(session_id.as_str())
+    .bind(placement.clinic.as_ref().map(ClinicId::as_str))
+    .bind(placement.chain.as_ref().map(ChainId::as_str))
+    .bind(record.seq as i64)
+    .bind(record.device_time_unix_ms)
+    .bind(*duration_ms as i64)
+    .bind(*strokes as i64)
+    .bind(motor_seconds)
+    .bind(max_depth_mm)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn cartridge_uses(
+    tx: &mut Transaction<'_, Sqlite>,
+    key: &CartridgeKey,
+) -> Result<Vec<CartridgeUse>> {
+    let rows = sqlx::query(
+        "SELECT pen_serial, session_id, started_ms, start_seq FROM sessions
+         WHERE cartridge_gtin = ? AND cartridge_serial = ? AND start_seq IS NOT NULL",
+    )
+    .bind(&key.gtin)
+    .bind(&key.serial)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            Some(CartridgeUse {
+                session: stored_session_ref(row.get(0), row.get(1))?,
+                started_unix_ms: row.get(2),
+                start_seq: row.get::<i64, _>(3) as u64,
+            })
+        })
+        .collect())
+}
+
+/// The facts of one pen from the last session start before `min_seq` on: enough to re-judge
+/// every session a new fact at `min_seq` or later can affect. Returns whether it is anchored.
+async fn pen_window(
+    tx: &mut Transaction<'_, Sqlite>,
+    pen: &PenSerial,
+    min_seq: u64,
+) -> Result<(Vec<PenFact>, bool)> {
+    let anchor: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(seq) FROM pen_events WHERE pen_serial = ? AND kind = 'session_started' AND seq < ?",
+    )
+    .bind(pen.as_str())
+    .bind(min_seq as i64)
+    .fetch_one(&mut **tx)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT seq, kind, session_id, sheath_changed FROM pen_events
+         WHERE pen_serial = ? AND seq >= ? AND kind IN ('session_started', 'session_ended', 'disinfected')
+         ORDER BY seq",
+    )
+    .bind(pen.as_str())
+    .bind(anchor.unwrap_or(0))
+    .fetch_all(&mut **tx)
+    .await?;
+    let facts = rows
+        .iter()
+        .filter_map(|row| {
+            let seq = row.get::<i64, _>(0) as u64;
+            let kind: String = row.get(1);
+            let session = || {
+                row.get::<Option<String>, _>(2)
+                    .and_then(|s| SessionId::parse(&s).ok())
+            };
+            let kind = match kind.as_str() {
+                "session_started" => PenFactKind::SessionStarted(session()?),
+                "session_ended" => PenFactKind::SessionEnded(session()?),
+                _ => PenFactKind::Disinfected {
+                    sheath_changed: row.get::<Option<bool>, _>(3).unwrap_or(false),
+                },
+            };
+            Some(PenFact { seq, kind })
+        })
+        .collect();
+    Ok((facts, anchor.is_some()))
+}
+
+fn stored_session_ref(pen: String, session_id: String) -> Option<SessionRef> {
+    Some(SessionRef {
+        pen: PenSerial::parse(&pen).ok()?,
+        session_id: SessionId::parse(&session_id).ok()?,
+    })
+}
+
+/// Makes the recorded violations agree with the judgements: raise what is new, retract what
+/// later evidence withdrew. Unchanged judgements write nothing.
+async fn reconcile(
+    tx: &mut Transaction<'_, Sqlite>,
+    judgements: &[Judgement],
+    now: i64,
+    effects: &mut Effects,
+) -> Result<()> {
+    for judgement in judgements {
+        let rule = judgement.rule;
+        let session = &judgement.session;
+        let active: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM violations WHERE rule = ? AND pen_serial = ? AND session_id = ? AND retracted_ms IS NULL",
+        )
+        .bind(rule.id())
+        .bind(session.pen.as_str())
+        .bind(session.session_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        match (&judgement.explanation, active) {
+            (Some(explanation), None) => {
+                let row = sqlx::query(
+                    "INSERT INTO violations (rule, severity, explanation, pen_serial, clinic_id, chain_id, session_id,
+                         cartridge_gtin, cartridge_serial, device_time_ms, detected_ms)
+                     SELECT ?, ?, ?, pen_serial, clinic_id, chain_id, session_id, cartridge_gtin, cartridge_serial,
+                         COALESCE(started_ms, ended_ms, 0), ?
+                     FROM sessions WHERE pen_serial = ? AND session_id = ?
+                     RETURNING id, clinic_id, chain_id, cartridge_serial, device_time_ms",
+                )
+                .bind(rule.id())
+                .bind(rule.severity().as_str())
+                .bind(explanation)
+                .bind(now)
+                .bind(session.pen.as_str())
+                .bind(session.session_id.as_str())
+                .fetch_one(&mut **tx)
+                .await?;
+                effects.raised.push(RaisedViolation {
+                    id: row.get(0),
+                    rule,
+                    explanation: explanation.clone(),
+                    pen: session.pen.to_string(),
+                    clinic: row.get(1),
+                    chain: row.get(2),
+                    session_id: session.session_id.to_string(),
+                    cartridge_serial: row.get(3),
+                    device_time_ms: row.get(4),
+                });
+            }
+            (None, Some(id)) => {
+                let row = sqlx::query(
+                    "UPDATE violations SET retracted_ms = ?, retraction_reason = ? WHERE id = ?
+                     RETURNING explanation, clinic_id, chain_id, cartridge_serial, device_time_ms",
+                )
+                .bind(now)
+                .bind(RETRACTION_REASON)
+                .bind(id)
+                .fetch_one(&mut **tx)
+                .await?;
+                effects.retracted.push(RaisedViolation {
+                    id,
+                    rule,
+                    explanation: row.get(0),
+                    pen: session.pen.to_string(),
+                    clinic: row.get(1),
+                    chain: row.get(2),
+                    session_id: session.session_id.to_string(),
+                    cartridge_serial: row.get(3),
+                    device_time_ms: row.get(4),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn ended_session(
+    tx: &mut Transaction<'_, Sqlite>,
+    pen: &PenSerial,
+    session_id: &SessionId,
+) -> Result<Option<EndedSession>> {
+    let row = sqlx::query(
+        "SELECT clinic_id, chain_id, area, started_ms, ended_ms, duration_ms, cartridge_serial, cartridge_lot,
+             strokes, motor_seconds, max_depth_mm
+         FROM sessions WHERE pen_serial = ? AND session_id = ? AND ended_ms IS NOT NULL",
+    )
+    .bind(pen.as_str())
+    .bind(session_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|row| EndedSession {
+        pen: pen.to_string(),
+        clinic: row.get(0),
+        chain: row.get(1),
+        session_id: session_id.to_string(),
+        area: row.get(2),
+        started_ms: row.get(3),
+        ended_ms: row.get(4),
+        duration_ms: row.get(5),
+        cartridge_serial: row.get(6),
+        cartridge_lot: row.get(7),
+        strokes: row.get(8),
+        motor_seconds: row.get(9),
+        max_depth_mm: row.get(10),
+    }))
+}

@@ -1,0 +1,272 @@
+//! Registration of chains, clinics and pens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use penwarden_domain::{ChainId, ClinicId, PenSerial};
+use sqlx::Row;
+
+use crate::directory::PenPlacement;
+use crate::{Error, Result, Store};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainRow {
+    pub chain_id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClinicRow {
+    pub clinic_id: String,
+    pub chain_id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PenRow {
+    pub pen_serial: String,
+    pub clinic_id: Option<String>,
+    pub chain_id: Option<String>,
+    pub model: String,
+    pub firmware: String,
+    pub online: bool,
+    pub last_seen_ms: Option<i64>,
+    pub battery_pct: Option<f64>,
+    pub motor_hours: Option<f64>,
+}
+
+const PEN_COLUMNS: &str = "p.pen_serial, p.clinic_id, c.chain_id, p.model, p.firmware, p.online, p.last_seen_ms, p.battery_pct, p.motor_hours";
+
+fn pen_row(row: &sqlx::sqlite::SqliteRow) -> PenRow {
+    PenRow {
+        pen_serial: row.get(0),
+        clinic_id: row.get(1),
+        chain_id: row.get(2),
+        model: row.get(3),
+        firmware: row.get(4),
+        online: row.get(5),
+        last_seen_ms: row.get(6),
+        battery_pct: row.get(7),
+        motor_hours: row.get(8),
+    }
+}
+
+impl Store {
+    /// Creates a chain, or renames it if it exists (registration is idempotent).
+    pub async fn register_chain(
+        &self,
+        chain: &ChainId,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<ChainRow> {
+        sqlx::query(
+            "INSERT INTO chains (chain_id, name, created_ms) VALUES (?, ?, ?)
+             ON CONFLICT (chain_id) DO UPDATE SET name = excluded.name",
+        )
+        .bind(chain.as_str())
+        .bind(name)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(ChainRow {
+            chain_id: chain.to_string(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Creates a clinic in an existing chain, or updates it.
+    pub async fn register_clinic(
+        &self,
+        clinic: &ClinicId,
+        chain: &ChainId,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<ClinicRow> {
+        let chain_exists = sqlx::query("SELECT 1 FROM chains WHERE chain_id = ?")
+            .bind(chain.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if !chain_exists {
+            return Err(Error::NotFound(format!("chain {chain}")));
+        }
+        sqlx::query(
+            "INSERT INTO clinics (clinic_id, chain_id, name, created_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT (clinic_id) DO UPDATE SET chain_id = excluded.chain_id, name = excluded.name",
+        )
+        .bind(clinic.as_str())
+        .bind(chain.as_str())
+        .bind(name)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        self.reload_directory().await?;
+        Ok(ClinicRow {
+            clinic_id: clinic.to_string(),
+            chain_id: chain.to_string(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Registers a pen (or re-assigns it) to a clinic; `clinic` may be `None` for stock pens.
+    pub async fn register_pen(
+        &self,
+        pen: &PenSerial,
+        clinic: Option<&ClinicId>,
+        model: &str,
+        now_ms: i64,
+    ) -> Result<PenRow> {
+        let chain: Option<String> = match clinic {
+            Some(clinic) => Some(
+                sqlx::query_scalar("SELECT chain_id FROM clinics WHERE clinic_id = ?")
+                    .bind(clinic.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("clinic {clinic}")))?,
+            ),
+            None => None,
+        };
+        sqlx::query(
+            "INSERT INTO pens (pen_serial, clinic_id, model, registered_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT (pen_serial) DO UPDATE SET clinic_id = excluded.clinic_id,
+                 model = CASE WHEN excluded.model = '' THEN pens.model ELSE excluded.model END,
+                 auto_registered = FALSE",
+        )
+        .bind(pen.as_str())
+        .bind(clinic.map(ClinicId::as_str))
+        .bind(model)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        let chain = chain
+            .map(|c| ChainId::parse(&c))
+            .transpose()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let row = self.pen(pen).await?;
+        self.directory.insert(
+            pen.clone(),
+            PenPlacement {
+                clinic: clinic.cloned(),
+                chain,
+                model: row.model.clone(),
+            },
+        );
+        Ok(row)
+    }
+
+    pub async fn pen(&self, pen: &PenSerial) -> Result<PenRow> {
+        let sql = format!("SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE p.pen_serial = ?");
+        let row = sqlx::query(&sql)
+            .bind(pen.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("pen {pen}")))?;
+        Ok(pen_row(&row))
+    }
+
+    /// Pens, optionally only those of one clinic and/or chain, by serial.
+    pub async fn list_pens(
+        &self,
+        clinic: Option<&ClinicId>,
+        chain: Option<&ChainId>,
+    ) -> Result<Vec<PenRow>> {
+        let sql = format!(
+            "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id
+             WHERE (? IS NULL OR p.clinic_id = ?) AND (? IS NULL OR c.chain_id = ?) ORDER BY p.pen_serial"
+        );
+        let clinic = clinic.map(ClinicId::as_str);
+        let chain = chain.map(ChainId::as_str);
+        let rows = sqlx::query(&sql)
+            .bind(clinic)
+            .bind(clinic)
+            .bind(chain)
+            .bind(chain)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(pen_row).collect())
+    }
+
+    /// Rebuilds the in-memory pen directory from the table (at start, and after clinic moves).
+    pub async fn reload_directory(&self) -> Result<()> {
+        let rows = sqlx::query("SELECT p.pen_serial, p.clinic_id, c.chain_id, p.model FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut pens = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let serial: String = row.get(0);
+            let clinic: Option<String> = row.get(1);
+            let chain: Option<String> = row.get(2);
+            // Rows were validated on the way in; a row that no longer parses is skipped loudly.
+            let (Ok(serial), Ok(clinic), Ok(chain)) = (
+                PenSerial::parse(&serial),
+                clinic.as_deref().map(ClinicId::parse).transpose(),
+                chain.as_deref().map(ChainId::parse).transpose(),
+            ) else {
+                tracing::warn!(pen = %serial, "pen row with invalid identifiers left out of the directory");
+                continue;
+            };
+            pens.insert(
+                serial,
+                Arc::new(PenPlacement {
+                    clinic,
+                    chain,
+                    model: row.get(3),
+                }),
+            );
+        }
+        self.directory.replace_all(pens);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::temp_store;
+    use crate::Error;
+    use penwarden_domain::{ChainId, ClinicId, PenSerial};
+
+    #[tokio::test]
+    async fn registration_fills_the_directory() {
+        let (store, _dir) = temp_store().await;
+        let chain = ChainId::parse("chain-a").unwrap();
+        let clinic = ClinicId::parse("clinic-1").unwrap();
+        let pen = PenSerial::parse("PW-1").unwrap();
+        store.register_chain(&chain, "Chain A", 1).await.unwrap();
+        store
+            .register_clinic(&clinic, &chain, "Clinic 1", 1)
+            .await
+            .unwrap();
+        let row = store
+            .register_pen(&pen, Some(&clinic), "SP-2", 1)
+            .await
+            .unwrap();
+        assert_eq!(row.chain_id.as_deref(), Some("chain-a"));
+        let placement = store.directory().get(&pen).unwrap();
+        assert_eq!(placement.clinic, Some(clinic.clone()));
+        assert_eq!(placement.chain, Some(chain.clone()));
+        assert_eq!(store.list_pens(Some(&clinic), None).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .list_pens(None, Some(&ChainId::parse("other").unwrap()))
+                .await
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn clinic_needs_an_existing_chain() {
+        let (store, _dir) = temp_store().await;
+        let err = store
+            .register_clinic(
+                &ClinicId::parse("c").unwrap(),
+                &ChainId::parse("missing").unwrap(),
+                "x",
+                1,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)));
+    }
+}

@@ -1,0 +1,264 @@
+//! Reads for the API: cartridges, pen sterility, violations.
+
+use penwarden_domain::compliance::{session_verdict, Verdict};
+use penwarden_domain::{CartridgeKey, PenSerial};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::{Error, Result, Store};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub pen_serial: String,
+    pub session_id: String,
+    pub clinic_id: Option<String>,
+    pub chain_id: Option<String>,
+    pub cartridge_gtin: Option<String>,
+    pub cartridge_serial: Option<String>,
+    pub cartridge_lot: Option<String>,
+    pub operator_id: Option<String>,
+    pub area: Option<String>,
+    pub started_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+    pub strokes: Option<i64>,
+    pub motor_seconds: Option<f64>,
+    pub max_depth_mm: Option<f64>,
+    pub violated_rules: Vec<String>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CartridgeView {
+    pub gtin: String,
+    pub serial: String,
+    pub lot: String,
+    pub expiry: String,
+    pub sessions: Vec<SessionView>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PenSterilityView {
+    pub pen_serial: String,
+    pub ready_to_treat: bool,
+    pub reasons: Vec<String>,
+    pub last_session_ended_ms: Option<i64>,
+    pub last_disinfected_ms: Option<i64>,
+    pub last_disinfection_changed_sheath: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ViolationFilter {
+    pub clinic_id: Option<String>,
+    pub chain_id: Option<String>,
+    pub pen_serial: Option<String>,
+    pub rule: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub include_retracted: bool,
+    /// Only ids below this one (the page token: pages go newest first).
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViolationRow {
+    pub id: i64,
+    pub rule: String,
+    pub severity: String,
+    pub explanation: String,
+    pub pen_serial: String,
+    pub clinic_id: Option<String>,
+    pub chain_id: Option<String>,
+    pub session_id: String,
+    pub cartridge_gtin: Option<String>,
+    pub cartridge_serial: Option<String>,
+    pub device_time_ms: i64,
+    pub detected_ms: i64,
+    pub retracted_ms: Option<i64>,
+    pub retraction_reason: Option<String>,
+}
+
+impl Store {
+    pub async fn cartridge(&self, key: &CartridgeKey) -> Result<CartridgeView> {
+        let row = sqlx::query("SELECT lot, expiry FROM cartridges WHERE gtin = ? AND serial = ?")
+            .bind(&key.gtin)
+            .bind(&key.serial)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("cartridge {key}")))?;
+        let sessions = sqlx::query(
+            "SELECT s.pen_serial, s.session_id, s.clinic_id, s.chain_id, s.cartridge_gtin, s.cartridge_serial,
+                 s.cartridge_lot, s.operator_id, s.area, s.started_ms, s.ended_ms, s.strokes, s.motor_seconds,
+                 s.max_depth_mm,
+                 (SELECT GROUP_CONCAT(v.rule, ',') FROM violations v
+                  WHERE v.pen_serial = s.pen_serial AND v.session_id = s.session_id AND v.retracted_ms IS NULL)
+             FROM sessions s WHERE s.cartridge_gtin = ? AND s.cartridge_serial = ?
+             ORDER BY s.started_ms, s.pen_serial",
+        )
+        .bind(&key.gtin)
+        .bind(&key.serial)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(CartridgeView {
+            gtin: key.gtin.clone(),
+            serial: key.serial.clone(),
+            lot: row.get(0),
+            expiry: row.get(1),
+            sessions: sessions.iter().map(session_view).collect(),
+        })
+    }
+
+    pub async fn pen_sterility(&self, pen: &PenSerial) -> Result<PenSterilityView> {
+        self.pen(pen).await?;
+        let last_session = sqlx::query(
+            "SELECT session_id, start_seq, end_seq, ended_ms FROM sessions
+             WHERE pen_serial = ? AND start_seq IS NOT NULL ORDER BY start_seq DESC LIMIT 1",
+        )
+        .bind(pen.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let last_disinfection = sqlx::query(
+            "SELECT seq, device_time_ms, sheath_changed FROM pen_events
+             WHERE pen_serial = ? AND kind = 'disinfected' ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(pen.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let mut view = PenSterilityView {
+            pen_serial: pen.to_string(),
+            ready_to_treat: true,
+            reasons: Vec::new(),
+            last_session_ended_ms: None,
+            last_disinfected_ms: last_disinfection.as_ref().map(|r| r.get(1)),
+            last_disinfection_changed_sheath: last_disinfection
+                .as_ref()
+                .is_some_and(|r| r.get::<Option<bool>, _>(2).unwrap_or(false)),
+        };
+        if let Some(session) = last_session {
+            let session_id: String = session.get(0);
+            let end_seq: Option<i64> = session.get(2);
+            view.last_session_ended_ms = session.get(3);
+            match end_seq {
+                None => view
+                    .reasons
+                    .push(format!("session {session_id} has not ended")),
+                Some(end_seq) => {
+                    let clean_since_end = last_disinfection.as_ref().is_some_and(|r| {
+                        r.get::<i64, _>(0) > end_seq && view.last_disinfection_changed_sheath
+                    });
+                    if !clean_since_end {
+                        view.reasons.push(format!(
+                            "no disinfection with sheath change since session {session_id} ended"
+                        ));
+                    }
+                }
+            }
+        }
+        view.ready_to_treat = view.reasons.is_empty();
+        Ok(view)
+    }
+
+    /// Violations newest first (by id), filtered.
+    pub async fn list_violations(&self, filter: &ViolationFilter) -> Result<Vec<ViolationRow>> {
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "SELECT id, rule, severity, explanation, pen_serial, clinic_id, chain_id, session_id, cartridge_gtin,
+                 cartridge_serial, device_time_ms, detected_ms, retracted_ms, retraction_reason
+             FROM violations WHERE 1 = 1",
+        );
+        if let Some(clinic) = &filter.clinic_id {
+            query.push(" AND clinic_id = ").push_bind(clinic);
+        }
+        if let Some(chain) = &filter.chain_id {
+            query.push(" AND chain_id = ").push_bind(chain);
+        }
+        if let Some(pen) = &filter.pen_serial {
+            query.push(" AND pen_serial = ").push_bind(pen);
+        }
+        if let Some(rule) = &filter.rule {
+            query.push(" AND rule = ").push_bind(rule);
+        }
+        if let Some(from) = filter.from_ms {
+            query.push(" AND device_time_ms >= ").push_bind(from);
+        }
+        if let Some(to) = filter.to_ms {
+            query.push(" AND device_time_ms < ").push_bind(to);
+        }
+        if !filter.include_retracted {
+            query.push(" AND retracted_ms IS NULL");
+        }
+        if let Some(before) = filter.before_id {
+            query.push(" AND id < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows = query.build().fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|row| ViolationRow {
+                id: row.get(0),
+                rule: row.get(1),
+                severity: row.get(2),
+                explanation: row.get(3),
+                pen_serial: row.get(4),
+                clinic_id: row.get(5),
+                chain_id: row.get(6),
+                session_id: row.get(7),
+                cartridge_gtin: row.get(8),
+                cartridge_serial: row.get(9),
+                device_time_ms: row.get(10),
+                detected_ms: row.get(11),
+                retracted_ms: row.get(12),
+                retraction_reason: row.get(13),
+            })
+            .collect())
+    }
+
+    /// Quarantined messages counted by reason.
+    pub async fn quarantine_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows =
+            sqlx::query("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    /// Sessions with a start, for summaries.
+    pub async fn session_count(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE start_seq IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
+
+fn session_view(row: &sqlx::sqlite::SqliteRow) -> SessionView {
+    let violated_rules: Vec<String> = row
+        .get::<Option<String>, _>(14)
+        .map(|rules| rules.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let started_ms: Option<i64> = row.get(9);
+    let ended_ms: Option<i64> = row.get(10);
+    SessionView {
+        pen_serial: row.get(0),
+        session_id: row.get(1),
+        clinic_id: row.get(2),
+        chain_id: row.get(3),
+        cartridge_gtin: row.get(4),
+        cartridge_serial: row.get(5),
+        cartridge_lot: row.get(6),
+        operator_id: row.get(7),
+        area: row.get(8),
+        started_ms,
+        ended_ms,
+        strokes: row.get(11),
+        motor_seconds: row.get(12),
+        max_depth_mm: row.get(13),
+        verdict: session_verdict(
+            started_ms.is_some(),
+            ended_ms.is_some(),
+            violated_rules.len(),
+        ),
+        violated_rules,
+    }
+}

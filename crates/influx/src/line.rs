@@ -1,0 +1,196 @@
+//! InfluxDB line protocol, written straight into one reusable buffer (no per-point allocation).
+
+use std::fmt::Write as _;
+
+/// Appends points to a line-protocol buffer. Timestamps are milliseconds.
+#[derive(Debug, Default)]
+pub struct LineBuilder {
+    buffer: String,
+    lines: usize,
+}
+
+/// One point being written; finish it with [`Point::timestamp_ms`].
+pub struct Point<'a> {
+    builder: &'a mut LineBuilder,
+    has_field: bool,
+}
+
+impl LineBuilder {
+    pub fn with_capacity(bytes: usize) -> Self {
+        LineBuilder {
+            buffer: String::with_capacity(bytes),
+            lines: 0,
+        }
+    }
+
+    /// Starts a point. Tags must be added before fields.
+    pub fn point(&mut self, measurement: &str) -> Point<'_> {
+        if self.lines > 0 {
+            self.buffer.push('\n');
+        }
+        escape_into(&mut self.buffer, measurement, &[',', ' ']);
+        Point {
+            builder: self,
+            has_field: false,
+        }
+    }
+
+    /// Appends already-encoded lines (from the outbox).
+    pub fn push_encoded(&mut self, lines: &str) {
+        if lines.is_empty() {
+            return;
+        }
+        if self.lines > 0 {
+            self.buffer.push('\n');
+        }
+        self.buffer.push_str(lines);
+        self.lines += lines.lines().count();
+    }
+
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.buffer
+    }
+
+    pub fn clear(&mut self) {
+        self.buffer.clear();
+        self.lines = 0;
+    }
+
+    pub fn into_string(self) -> String {
+        self.buffer
+    }
+}
+
+impl Point<'_> {
+    /// Adds a tag; empty values are left out (line protocol has no empty tag values).
+    pub fn tag(self, key: &str, value: &str) -> Self {
+        debug_assert!(!self.has_field, "tags must come before fields");
+        if !value.is_empty() {
+            let buffer = &mut self.builder.buffer;
+            buffer.push(',');
+            escape_into(buffer, key, &[',', '=', ' ']);
+            buffer.push('=');
+            escape_into(buffer, value, &[',', '=', ' ']);
+        }
+        self
+    }
+
+    fn field_key(&mut self, key: &str) {
+        let buffer = &mut self.builder.buffer;
+        buffer.push(if self.has_field { ',' } else { ' ' });
+        escape_into(buffer, key, &[',', '=', ' ']);
+        buffer.push('=');
+        self.has_field = true;
+    }
+
+    /// Adds a float field; non-finite values are left out (line protocol cannot carry them).
+    pub fn float(mut self, key: &str, value: f64) -> Self {
+        if value.is_finite() {
+            self.field_key(key);
+            // `{}` on f64 prints the shortest representation that round-trips.
+            let _ = write!(self.builder.buffer, "{value}");
+        }
+        self
+    }
+
+    pub fn int(mut self, key: &str, value: i64) -> Self {
+        self.field_key(key);
+        let _ = write!(self.builder.buffer, "{value}i");
+        self
+    }
+
+    /// Adds a string field; empty strings are left out.
+    pub fn string(mut self, key: &str, value: &str) -> Self {
+        if !value.is_empty() {
+            self.field_key(key);
+            let buffer = &mut self.builder.buffer;
+            buffer.push('"');
+            escape_into(buffer, value, &['"', '\\']);
+            buffer.push('"');
+        }
+        self
+    }
+
+    /// Ends the point. A point without fields is invalid line protocol, so it is dropped.
+    pub fn timestamp_ms(self, time_ms: i64) {
+        let builder = self.builder;
+        if !self.has_field {
+            // Roll back to the end of the previous line.
+            let end = builder.buffer.rfind('\n').unwrap_or(0);
+            builder.buffer.truncate(end);
+            return;
+        }
+        let _ = write!(builder.buffer, " {time_ms}");
+        builder.lines += 1;
+    }
+}
+
+fn escape_into(buffer: &mut String, value: &str, special: &[char]) {
+    for c in value.chars() {
+        if c == '\n' {
+            buffer.push_str("\\n");
+            continue;
+        }
+        if special.contains(&c) {
+            buffer.push('\\');
+        }
+        buffer.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_tags_fields_and_time() {
+        let mut lines = LineBuilder::default();
+        lines
+            .point("pen_telemetry")
+            .tag("clinic", "c 1")
+            .tag("chain", "")
+            .float("depth_mm", 1.25)
+            .int("strokes", 7)
+            .string("session_id", "s\"1")
+            .timestamp_ms(1000);
+        lines.point("m").float("x", 0.5).timestamp_ms(2000);
+        assert_eq!(
+            lines.as_str(),
+            "pen_telemetry,clinic=c\\ 1 depth_mm=1.25,strokes=7i,session_id=\"s\\\"1\" 1000\nm x=0.5 2000"
+        );
+        assert_eq!(lines.lines(), 2);
+    }
+
+    #[test]
+    fn drops_points_without_fields_and_non_finite_floats() {
+        let mut lines = LineBuilder::default();
+        lines.point("a").float("x", 1.0).timestamp_ms(1);
+        lines.point("b").float("x", f64::NAN).timestamp_ms(2);
+        lines
+            .point("c")
+            .float("x", f64::INFINITY)
+            .float("y", 2.0)
+            .timestamp_ms(3);
+        assert_eq!(lines.as_str(), "a x=1 1\nc y=2 3");
+        assert_eq!(lines.lines(), 2);
+    }
+
+    #[test]
+    fn escapes_commas_equals_and_newlines_in_tags() {
+        let mut lines = LineBuilder::default();
+        lines
+            .point("m,x")
+            .tag("k=1", "a,b=c\nd")
+            .int("v", 1)
+            .timestamp_ms(5);
+        assert_eq!(lines.as_str(), "m\\,x,k\\=1=a\\,b\\=c\\nd v=1i 5");
+    }
+}

@@ -1,0 +1,433 @@
+//! Writes line protocol to InfluxDB: v2 API through the influxdb2 crate, v1 `/write` directly.
+//!
+//! Both paths gzip the body (when enabled), split large bodies, and retry with exponential
+//! backoff and jitter on connection errors, 5xx and 429. A 4xx that rejects lines is not
+//! retried (it would fail forever): the offending line is logged and the lines counted.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// InfluxDB 1.x `/write?db=…` (also answered by 1.8+ and 2.x compatibility endpoints).
+    V1,
+    /// InfluxDB 2.x/3.x/Cloud `/api/v2/write?org=…&bucket=…`, through the influxdb2 crate.
+    V2,
+}
+
+impl std::str::FromStr for Api {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "v1" => Ok(Api::V1),
+            "v2" => Ok(Api::V2),
+            other => Err(format!("unknown InfluxDB API {other:?}: expected v1 or v2")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    pub url: String,
+    pub api: Api,
+    /// Database (v1) or bucket (v2).
+    pub database: String,
+    /// Organization (v2 only).
+    pub org: String,
+    /// v2: API token; v1: `user:password`, sent as the u and p query parameters. Empty for none.
+    pub token: String,
+    pub gzip: bool,
+    /// Lines per HTTP request; InfluxDB recommends batches of about 5000.
+    pub max_lines_per_request: usize,
+    pub request_timeout_ms: u64,
+    /// Backoff starts here and doubles per failed attempt, up to `max_backoff_ms`.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            url: "http://127.0.0.1:8086".into(),
+            api: Api::V2,
+            database: "penwarden".into(),
+            org: "penwarden".into(),
+            token: String::new(),
+            gzip: true,
+            max_lines_per_request: 5000,
+            request_timeout_ms: 10_000,
+            min_backoff_ms: 100,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid InfluxDB configuration: {0}")]
+    Config(String),
+    #[error("InfluxDB at {url} is not reachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("gave up writing to InfluxDB because shutdown was requested (last error: {0})")]
+    Interrupted(String),
+}
+
+/// What one `write` call achieved.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    pub lines: usize,
+    pub requests: usize,
+    pub failed_attempts: usize,
+    /// Lines InfluxDB refused with a 4xx (logged with the server's reason).
+    pub rejected_lines: usize,
+}
+
+enum Backend {
+    V1 {
+        http: reqwest::Client,
+        write_url: reqwest::Url,
+    },
+    V2 {
+        client: influxdb2::Client,
+    },
+}
+
+enum Attempt {
+    Accepted,
+    /// The server refused lines for good (4xx): do not retry.
+    Rejected {
+        status: u16,
+        message: String,
+    },
+    /// Too large for the server: split and try again.
+    TooLarge,
+    Retry(String),
+}
+
+pub struct Writer {
+    backend: Backend,
+    probe: reqwest::Client,
+    options: Options,
+}
+
+impl Writer {
+    pub fn new(options: Options) -> Result<Writer, Error> {
+        let base = reqwest::Url::parse(&options.url)
+            .map_err(|e| Error::Config(format!("url {:?}: {e}", options.url)))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(Error::Config(format!(
+                "url {:?}: scheme must be http or https",
+                options.url
+            )));
+        }
+        if options.database.is_empty() {
+            return Err(Error::Config(
+                "database (or bucket) must not be empty".into(),
+            ));
+        }
+        let timeout = Duration::from_millis(options.request_timeout_ms);
+        let mut headers = HeaderMap::new();
+        if options.gzip {
+            // Bodies are compressed here with a fast level (the influxdb2 crate's own gzip
+            // uses the slowest level); the header tells the server.
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        let http_builder = || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .default_headers(headers.clone())
+        };
+        let build_error = |e: reqwest::Error| Error::Config(e.to_string());
+        let backend = match options.api {
+            Api::V1 => {
+                let mut write_url = base
+                    .join("write")
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                write_url
+                    .query_pairs_mut()
+                    .append_pair("db", &options.database)
+                    .append_pair("precision", "ms");
+                if let Some((user, password)) = options.token.split_once(':') {
+                    write_url
+                        .query_pairs_mut()
+                        .append_pair("u", user)
+                        .append_pair("p", password);
+                }
+                Backend::V1 {
+                    http: http_builder().build().map_err(build_error)?,
+                    write_url,
+                }
+            }
+            Api::V2 => {
+                if options.org.is_empty() {
+                    return Err(Error::Config("org must not be empty for the v2 API".into()));
+                }
+                let client = influxdb2::ClientBuilder::with_builder(
+                    http_builder(),
+                    &options.url,
+                    &options.org,
+                    &options.token,
+                )
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+                Backend::V2 { client }
+            }
+        };
+        let probe = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(build_error)?;
+        Ok(Writer {
+            backend,
+            probe,
+            options,
+        })
+    }
+
+    /// Checks that the server answers, for a clear error at start rather than at first write.
+    pub async fn check(&self) -> Result<(), Error> {
+        let path = match self.options.api {
+            Api::V1 => "ping",
+            Api::V2 => "health",
+        };
+        let url = reqwest::Url::parse(&self.options.url)
+            .and_then(|u| u.join(path))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let mut request = self.probe.get(url);
+        if self.options.api == Api::V2 && !self.options.token.is_empty() {
+            request = request.header(AUTHORIZATION, format!("Token {}", self.options.token));
+        }
+        let unreachable = |reason: String| Error::Unreachable {
+            url: self.options.url.clone(),
+            reason,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(unreachable(format!(
+                "/{path} answered {}",
+                response.status()
+            )))
+        }
+    }
+
+    /// Writes `body` (newline-separated lines), retrying until InfluxDB takes it. Returns
+    /// early with [`Error::Interrupted`] only when `shutdown` turns true between attempts.
+    pub async fn write(
+        &self,
+        body: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<WriteReport, Error> {
+        let mut report = WriteReport::default();
+        let lines: Vec<&str> = body.lines().filter(|line| !line.is_empty()).collect();
+        let mut pending: Vec<&[&str]> = lines
+            .chunks(self.options.max_lines_per_request.max(1))
+            .rev()
+            .collect();
+        while let Some(chunk) = pending.pop() {
+            let mut backoff = Duration::from_millis(self.options.min_backoff_ms);
+            loop {
+                report.requests += 1;
+                match self.send(chunk).await {
+                    Attempt::Accepted => {
+                        report.lines += chunk.len();
+                        break;
+                    }
+                    Attempt::Rejected { status, message } => {
+                        let rejected = rejected_line_count(&message, chunk.len());
+                        report.lines += chunk.len() - rejected;
+                        report.rejected_lines += rejected;
+                        tracing::error!(status, rejected, reason = %truncate(&message, 2000), first_line = %truncate(chunk[0], 500),
+                            "InfluxDB rejected lines; they are not retried");
+                        break;
+                    }
+                    Attempt::TooLarge if chunk.len() > 1 => {
+                        let (left, right) = chunk.split_at(chunk.len() / 2);
+                        pending.push(right);
+                        pending.push(left);
+                        break;
+                    }
+                    Attempt::TooLarge => {
+                        report.rejected_lines += 1;
+                        tracing::error!(line = %truncate(chunk[0], 500), "InfluxDB refused a single line as too large");
+                        break;
+                    }
+                    Attempt::Retry(reason) => {
+                        report.failed_attempts += 1;
+                        let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                        tracing::warn!(%reason, retry_in_ms = jittered.as_millis() as u64, "InfluxDB write failed; retrying");
+                        if *shutdown.borrow() {
+                            return Err(Error::Interrupted(reason));
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(jittered) => {}
+                            _ = shutdown.changed() => return Err(Error::Interrupted(reason)),
+                        }
+                        backoff =
+                            (backoff * 2).min(Duration::from_millis(self.options.max_backoff_ms));
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn send(&self, lines: &[&str]) -> Attempt {
+        let body = match self.encode(lines) {
+            Ok(body) => body,
+            Err(e) => return Attempt::Retry(format!("cannot compress body: {e}")),
+        };
+        match &self.backend {
+            Backend::V1 { http, write_url } => {
+                match http.post(write_url.clone()).body(body).send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let text = response.text().await.unwrap_or_default();
+                        classify(status, text)
+                    }
+                    Err(e) => Attempt::Retry(e.to_string()),
+                }
+            }
+            Backend::V2 { client } => {
+                let precision = influxdb2::api::write::TimestampPrecision::Milliseconds;
+                match client
+                    .write_line_protocol_with_precision(
+                        &self.options.org,
+                        &self.options.database,
+                        body,
+                        precision,
+                    )
+                    .await
+                {
+                    Ok(()) => Attempt::Accepted,
+                    Err(influxdb2::RequestError::Http { status, text }) => classify(status, text),
+                    Err(other) => Attempt::Retry(other.to_string()),
+                }
+            }
+        }
+    }
+
+    fn encode(&self, lines: &[&str]) -> std::io::Result<Vec<u8>> {
+        let size: usize = lines.iter().map(|l| l.len() + 1).sum();
+        if !self.options.gzip {
+            let mut body = Vec::with_capacity(size);
+            for line in lines {
+                body.extend_from_slice(line.as_bytes());
+                body.push(b'\n');
+            }
+            return Ok(body);
+        }
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(size / 4),
+            flate2::Compression::fast(),
+        );
+        for line in lines {
+            encoder.write_all(line.as_bytes())?;
+            encoder.write_all(b"\n")?;
+        }
+        encoder.finish()
+    }
+}
+
+fn classify(status: StatusCode, text: String) -> Attempt {
+    match status.as_u16() {
+        200..=299 => Attempt::Accepted,
+        413 => Attempt::TooLarge,
+        429 | 408 => Attempt::Retry(format!("{status}: {}", truncate(&text, 300))),
+        400..=499 => Attempt::Rejected {
+            status: status.as_u16(),
+            message: text,
+        },
+        _ => Attempt::Retry(format!("{status}: {}", truncate(&text, 300))),
+    }
+}
+
+/// InfluxDB reports partial writes as `... dropped=N`; otherwise assume the whole chunk.
+fn rejected_line_count(message: &str, chunk_len: usize) -> usize {
+    message
+        .rsplit("dropped=")
+        .next()
+        .filter(|_| message.contains("dropped="))
+        .and_then(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+        .map_or(chunk_len, |dropped: usize| dropped.min(chunk_len))
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_write_counts_dropped_lines() {
+        assert_eq!(
+            rejected_line_count(
+                r#"{"error":"partial write: field type conflict dropped=3"}"#,
+                10
+            ),
+            3
+        );
+        assert_eq!(rejected_line_count("unable to parse 'x y': bad", 10), 10);
+    }
+
+    #[test]
+    fn status_classes() {
+        assert!(matches!(
+            classify(StatusCode::NO_CONTENT, String::new()),
+            Attempt::Accepted
+        ));
+        assert!(matches!(
+            classify(StatusCode::TOO_MANY_REQUESTS, String::new()),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, String::new()),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, String::new()),
+            Attempt::Rejected { status: 400, .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::PAYLOAD_TOO_LARGE, String::new()),
+            Attempt::TooLarge
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_configuration() {
+        let bad_url = Options {
+            url: "not a url".into(),
+            ..Options::default()
+        };
+        assert!(matches!(Writer::new(bad_url), Err(Error::Config(_))));
+        let no_db = Options {
+            database: String::new(),
+            ..Options::default()
+        };
+        assert!(matches!(Writer::new(no_db), Err(Error::Config(_))));
+    }
+}

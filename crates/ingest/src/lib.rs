@@ -1,1 +1,74 @@
+//! MQTT ingest: the path from a pen's message to a durable record and an MQTT ack.
+//!
+//! One task polls the MQTT connection and forwards publishes; one task batches them, applies
+//! each batch to the store in one transaction, writes its points to InfluxDB, and only then
+//! acknowledges the batch's messages. A message whose effects are not durable is never acked,
+//! so the broker (persistent session, QoS 1) delivers it again.
 
+pub mod decode;
+mod mqtt;
+mod pipeline;
+pub mod points;
+pub mod topic;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use mqtt::MqttAddress;
+pub use pipeline::{Error, Service, Stats};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// `mqtt://host:port`.
+    pub mqtt_url: String,
+    /// Stable across restarts: the broker keeps the persistent session under this id.
+    pub client_id: String,
+    pub topic_root: String,
+    pub keep_alive_s: u64,
+    /// Messages per store transaction and InfluxDB write, at most.
+    pub batch_max_messages: usize,
+    /// How long a batch may wait to fill up.
+    pub batch_max_delay_ms: u64,
+    pub max_payload_bytes: usize,
+    pub max_future_skew_ms: i64,
+    /// Register unknown pens on their first message instead of quarantining it.
+    pub auto_register_pens: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mqtt_url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "penwarden-ingest".into(),
+            topic_root: "pw/v1".into(),
+            keep_alive_s: 30,
+            batch_max_messages: 2000,
+            batch_max_delay_ms: 10,
+            max_payload_bytes: 256 * 1024,
+            max_future_skew_ms: 24 * 3_600_000,
+            auto_register_pens: false,
+        }
+    }
+}
+
+impl Options {
+    fn batch_max_delay(&self) -> Duration {
+        Duration::from_millis(self.batch_max_delay_ms)
+    }
+
+    fn limits(&self) -> decode::Limits {
+        decode::Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_future_skew_ms: self.max_future_skew_ms,
+            ..decode::Limits::default()
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,226 @@
+//! The MQTT side: a persistent session with manual acks, re-subscribing whenever the broker
+//! has no session for us (rumqttc does not do that by itself).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+    SubscribeFilter,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::pipeline::Error;
+use crate::topic::{self, Channel};
+use crate::Options;
+
+/// Host and port of an `mqtt://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttAddress {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| {
+                format!("MQTT URL {url:?} must start with mqtt:// (TLS is not supported yet)")
+            })?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .map_err(|_| format!("MQTT URL {url:?} has an invalid port"))?,
+            ),
+            None => (rest, 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("MQTT URL {url:?} has no host"));
+        }
+        Ok(MqttAddress {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// A publish and the connection it arrived on: acks are only valid on that connection (after
+/// a reconnect the broker redelivers, and a stale packet id could ack a different message).
+pub(crate) struct Incoming {
+    pub(crate) publish: Publish,
+    pub(crate) connection: u64,
+}
+
+#[derive(Clone)]
+pub(crate) struct Acker {
+    client: AsyncClient,
+    connection: Arc<AtomicU64>,
+}
+
+impl Acker {
+    pub(crate) async fn ack(&self, message: &Incoming) {
+        if message.connection != self.connection.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.client.ack(&message.publish).await {
+            tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
+        }
+    }
+}
+
+pub(crate) struct Connection {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    connection: Arc<AtomicU64>,
+    filters: Vec<SubscribeFilter>,
+}
+
+impl Connection {
+    /// Connects and waits for the first CONNACK, so a wrong URL fails at start, clearly.
+    pub(crate) async fn open(options: &Options) -> Result<Connection, Error> {
+        let address = MqttAddress::parse(&options.mqtt_url).map_err(Error::Config)?;
+        let mut mqtt = MqttOptions::new(&options.client_id, &address.host, address.port);
+        mqtt.set_clean_session(false)
+            .set_manual_acks(true)
+            .set_keep_alive(Duration::from_secs(options.keep_alive_s.max(5)))
+            // Accept large packets at the MQTT layer so oversized payloads reach validation and
+            // the quarantine instead of breaking the connection (and being redelivered forever).
+            .set_max_packet_size(64 * 1024 * 1024, 1024 * 1024)
+            .set_request_channel_capacity(1 << 16);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, 1 << 16);
+        let filters = Channel::ALL
+            .into_iter()
+            .map(|channel| {
+                SubscribeFilter::new(
+                    topic::filter(&options.topic_root, channel),
+                    QoS::AtLeastOnce,
+                )
+            })
+            .collect();
+        let connection = Arc::new(AtomicU64::new(0));
+        let first = tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await;
+        let unreachable = |reason: String| {
+            Error::Unreachable(format!("MQTT broker {}: {reason}", options.mqtt_url))
+        };
+        match first {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack))))
+                if ack.code == ConnectReturnCode::Success =>
+            {
+                let mut this = Connection {
+                    client,
+                    eventloop,
+                    connection,
+                    filters,
+                };
+                this.on_connected(ack.session_present);
+                Ok(this)
+            }
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                Err(unreachable(format!("connection refused: {:?}", ack.code)))
+            }
+            Ok(Ok(other)) => Err(unreachable(format!("unexpected first packet {other:?}"))),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable("no CONNACK within 10 s".into())),
+        }
+    }
+
+    pub(crate) fn acker(&self) -> Acker {
+        Acker {
+            client: self.client.clone(),
+            connection: self.connection.clone(),
+        }
+    }
+
+    fn on_connected(&mut self, session_present: bool) {
+        let generation = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(
+            session_present,
+            connection = generation,
+            "connected to MQTT broker"
+        );
+        if !session_present {
+            // A fresh session has no subscriptions: (re)subscribe. Non-blocking, since this
+            // runs inside the poll loop that drains the request channel.
+            if let Err(e) = self.client.try_subscribe_many(self.filters.clone()) {
+                tracing::error!(error = %e, "could not queue MQTT subscribe");
+            }
+        }
+    }
+
+    /// Polls until `stop` turns true, forwarding publishes; then keeps polling until the
+    /// pipeline has sent its last acks (`drained`), and disconnects.
+    pub(crate) async fn run(
+        mut self,
+        forward: mpsc::Sender<Incoming>,
+        mut stop: watch::Receiver<bool>,
+        mut drained: watch::Receiver<bool>,
+    ) {
+        let mut forward = Some(forward);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *stop.borrow() {
+                // Stop taking messages; unacked ones stay with the broker for next time.
+                forward = None;
+            }
+            tokio::select! {
+                _ = stop.changed(), if forward.is_some() => continue,
+                _ = drained.changed() => break,
+                polled = self.eventloop.poll() => match polled {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        backoff = Duration::from_millis(100);
+                        self.on_connected(ack.session_present);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        if let Some(sender) = &forward {
+                            let message = Incoming { publish, connection: self.connection.load(Ordering::Acquire) };
+                            if sender.send(message).await.is_err() {
+                                forward = None;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        // Flush queued acks, then say goodbye so the broker does not publish our will.
+        let _ = self.client.try_disconnect();
+        let flush = async {
+            while let Ok(event) = self.eventloop.poll().await {
+                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mqtt_urls() {
+        assert_eq!(
+            MqttAddress::parse("mqtt://127.0.0.1:1884").unwrap(),
+            MqttAddress {
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(MqttAddress::parse("mqtt://broker").unwrap().port, 1883);
+        assert!(MqttAddress::parse("http://x:1").is_err());
+        assert!(MqttAddress::parse("mqtt://:1").is_err());
+        assert!(MqttAddress::parse("mqtt://x:notaport").is_err());
+    }
+}

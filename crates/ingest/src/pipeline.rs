@@ -1,0 +1,322 @@
+//! Batches messages and makes their effects durable before acking them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use penwarden_influx::{LineBuilder, Writer};
+use penwarden_store::{IngestBatch, QuarantineEntry, Store};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::decode::{self, Decoded, Rejection};
+use crate::mqtt::{Acker, Connection, Incoming};
+use crate::{now_ms, points, Options};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid ingest configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    Store(#[from] penwarden_store::Error),
+    #[error(transparent)]
+    Influx(#[from] penwarden_influx::Error),
+}
+
+/// Counters for logs, summaries and tests (Prometheus export builds on these).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages: AtomicU64,
+    pub acked: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub samples: AtomicU64,
+    pub points_written: AtomicU64,
+    pub points_rejected: AtomicU64,
+    pub duplicate_events: AtomicU64,
+    pub violations_raised: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+/// A connected ingest, ready to run.
+pub struct Service {
+    options: Options,
+    connection: Connection,
+    store: Store,
+    writer: Arc<Writer>,
+    stats: Arc<Stats>,
+}
+
+const QUARANTINE_EXCERPT_BYTES: usize = 256;
+const OUTBOX_ROWS_PER_BATCH: i64 = 200;
+
+impl Service {
+    /// Connects to the broker (failing clearly if it cannot).
+    pub async fn connect(
+        options: Options,
+        store: Store,
+        writer: Arc<Writer>,
+    ) -> Result<Service, Error> {
+        if options.batch_max_messages == 0 {
+            return Err(Error::Config(
+                "batch_max_messages must be at least 1".into(),
+            ));
+        }
+        let connection = Connection::open(&options).await?;
+        Ok(Service {
+            options,
+            connection,
+            store,
+            writer,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` turns true, then stops taking messages, finishes and acks what it
+    /// holds, and returns.
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<Result<(), Error>> {
+        let (forward, receive) = mpsc::channel(self.options.batch_max_messages * 2);
+        let (drained_tx, drained_rx) = watch::channel(false);
+        let acker = self.connection.acker();
+        let mqtt = tokio::spawn(self.connection.run(forward, shutdown.clone(), drained_rx));
+        let pipeline = Pipeline {
+            options: self.options,
+            store: self.store,
+            writer: self.writer,
+            stats: self.stats,
+            acker,
+            lines: LineBuilder::with_capacity(1 << 20),
+        };
+        tokio::spawn(async move {
+            let result = pipeline.run(receive, shutdown).await;
+            let _ = drained_tx.send(true);
+            let _ = mqtt.await;
+            result
+        })
+    }
+}
+
+struct Pipeline {
+    options: Options,
+    store: Store,
+    writer: Arc<Writer>,
+    stats: Arc<Stats>,
+    acker: Acker,
+    lines: LineBuilder,
+}
+
+impl Pipeline {
+    async fn run(
+        mut self,
+        mut receive: mpsc::Receiver<Incoming>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        // Points of batches committed before a crash are still in the outbox.
+        self.process(Vec::new(), &mut shutdown).await?;
+        let mut messages = Vec::with_capacity(self.options.batch_max_messages);
+        loop {
+            let first = tokio::select! {
+                message = receive.recv() => message,
+                _ = shutdown.changed() => None,
+            };
+            let Some(first) = first else { break };
+            messages.push(first);
+            let deadline = tokio::time::Instant::now() + self.options.batch_max_delay();
+            while messages.len() < self.options.batch_max_messages {
+                match tokio::time::timeout_at(deadline, receive.recv()).await {
+                    Ok(Some(message)) => messages.push(message),
+                    _ => break,
+                }
+            }
+            self.process(std::mem::take(&mut messages), &mut shutdown)
+                .await?;
+        }
+        // Stop: what has already arrived is finished and acked; the rest stays with the broker.
+        receive.close();
+        while let Ok(message) = receive.try_recv() {
+            messages.push(message);
+        }
+        if !messages.is_empty() {
+            let mut no_interrupt = watch::channel(false).1;
+            self.process(messages, &mut no_interrupt).await?;
+        }
+        tracing::info!("ingest drained");
+        Ok(())
+    }
+
+    async fn process(
+        &mut self,
+        messages: Vec<Incoming>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let received_ms = now_ms();
+        let limits = self.options.limits();
+        let directory = self.store.directory().clone();
+        let mut batch = IngestBatch {
+            received_ms,
+            ..IngestBatch::default()
+        };
+        self.lines.clear();
+        for message in &messages {
+            let publish = &message.publish;
+            let decoded = decode::decode(
+                &self.options.topic_root,
+                &publish.topic,
+                &publish.payload,
+                received_ms,
+                &limits,
+            )
+            .and_then(|decoded| self.admit(decoded, &mut batch));
+            let decoded = match decoded {
+                Ok(decoded) => decoded,
+                Err(rejection) => {
+                    batch.quarantine.push(quarantine_entry(
+                        received_ms,
+                        &publish.topic,
+                        &publish.payload,
+                        rejection,
+                    ));
+                    continue;
+                }
+            };
+            match decoded {
+                Decoded::Telemetry(telemetry) => {
+                    let placement = directory.get(&telemetry.pen).unwrap_or_default();
+                    points::telemetry(&mut self.lines, &telemetry, &placement);
+                    self.stats
+                        .samples
+                        .fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
+                    if let Some(latest) = telemetry.samples.iter().map(|s| s.time_unix_ms).max() {
+                        let seen = batch.telemetry_seen.entry(telemetry.pen).or_insert(latest);
+                        *seen = (*seen).max(latest);
+                    }
+                }
+                Decoded::Event(event) => batch.events.push(event),
+                Decoded::State(state) => batch.states.push(penwarden_store::PenStateUpdate {
+                    pen: state.pen,
+                    device_time_ms: state.device_time_ms,
+                    online: state.online,
+                    firmware: state.firmware,
+                    model: state.model,
+                }),
+            }
+        }
+        for entry in &batch.quarantine {
+            tracing::warn!(reason = entry.reason, topic = %entry.topic, detail = %entry.detail, "message quarantined");
+        }
+
+        let effects = if batch.is_empty() {
+            None
+        } else {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self
+                    .store
+                    .apply_batch(&batch, |effects| points::derived(effects, &directory))
+                    .await
+                {
+                    Ok(effects) => break Some(effects),
+                    Err(e) if e.is_transient() => {
+                        // Full disk, I/O error: nothing is acked, so nothing is lost; try again.
+                        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store commit failed; not acking");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return Err(e.into()),
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+
+        let outbox = self.store.pending_outbox(OUTBOX_ROWS_PER_BATCH).await?;
+        for (_, lines) in &outbox {
+            self.lines.push_encoded(lines);
+        }
+        if !self.lines.is_empty() {
+            let report = self.writer.write(self.lines.as_str(), shutdown).await?;
+            self.stats
+                .points_written
+                .fetch_add(report.lines as u64, Ordering::Relaxed);
+            self.stats
+                .points_rejected
+                .fetch_add(report.rejected_lines as u64, Ordering::Relaxed);
+        }
+        if let Some((last_id, _)) = outbox.last() {
+            self.store.delete_outbox(*last_id).await?;
+        }
+
+        for message in &messages {
+            self.acker.ack(message).await;
+        }
+        self.stats
+            .messages
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.stats
+            .acked
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.stats
+            .quarantined
+            .fetch_add(batch.quarantine.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(effects) = effects {
+            self.stats
+                .duplicate_events
+                .fetch_add(effects.duplicate_events as u64, Ordering::Relaxed);
+            self.stats
+                .violations_raised
+                .fetch_add(effects.raised.len() as u64, Ordering::Relaxed);
+            for violation in &effects.raised {
+                tracing::info!(rule = violation.rule.id(), pen = %violation.pen, session = %violation.session_id, "violation raised");
+            }
+        }
+        Ok(())
+    }
+
+    /// Unknown pens are quarantined, or registered on the fly when auto-registration is on.
+    fn admit(&self, decoded: Decoded, batch: &mut IngestBatch) -> Result<Decoded, Rejection> {
+        let pen = decoded.pen();
+        if self.store.directory().get(pen).is_none() {
+            if !self.options.auto_register_pens {
+                return Err(Rejection {
+                    reason: "unregistered_pen",
+                    detail: format!("pen {pen} is not registered (auto-registration is off)"),
+                    pen: Some(pen.to_string()),
+                });
+            }
+            batch.auto_register.insert(pen.clone());
+        }
+        Ok(decoded)
+    }
+}
+
+fn quarantine_entry(
+    received_ms: i64,
+    topic: &str,
+    payload: &[u8],
+    rejection: Rejection,
+) -> QuarantineEntry {
+    let excerpt = &payload[..payload.len().min(QUARANTINE_EXCERPT_BYTES)];
+    QuarantineEntry {
+        received_ms,
+        topic: topic.chars().take(256).collect(),
+        pen: rejection.pen,
+        reason: rejection.reason,
+        detail: rejection.detail,
+        payload_excerpt: excerpt.escape_ascii().to_string(),
+        payload_len: payload.len(),
+    }
+}
+
+/// Counter snapshot helper for summaries.
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

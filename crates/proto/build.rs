@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 const PROTO_ROOT: &str = "../../proto";
-const PROTOS: &[&str] = &[
-    "penwarden/device/v1/device.proto",
-    "penwarden/api/v1/api.proto",
-];
+const PROTOS: &[&str] = &["penwarden/device/v1/device.proto", "penwarden/api/v1/api.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
@@ -19,13 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_bytes = descriptors.encode_to_vec();
     std::fs::write(out_dir.join("penwarden_descriptor.bin"), &descriptor_bytes)?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
 
-    pbjson_build::Builder::new()
-        .register_descriptors(&descriptor_bytes)?
-        .build(&[".penwarden"])?;
+    pbjson_build::Builder::new().register_descriptors(&descriptor_bytes)?.build(&[".penwarden"])?;
     Ok(())
 }

@@ -24,11 +24,7 @@ pub enum Error {
     #[error("GTIN must be 14 digits, got {0:?}")]
     GtinFormat(String),
     #[error("GTIN {gtin} has check digit {found}, expected {expected}")]
-    GtinCheckDigit {
-        gtin: String,
-        found: u8,
-        expected: u8,
-    },
+    GtinCheckDigit { gtin: String, found: u8, expected: u8 },
     #[error("expiry must be YYMMDD, got {0:?}")]
     ExpiryFormat(String),
     #[error("({ai}) must be 1 to 20 printable characters, got {value:?}")]
@@ -102,10 +98,7 @@ pub struct Udi {
 
 impl Udi {
     pub fn key(&self) -> CartridgeKey {
-        CartridgeKey {
-            gtin: self.gtin.clone(),
-            serial: self.serial.clone(),
-        }
+        CartridgeKey { gtin: self.gtin.clone(), serial: self.serial.clone() }
     }
 
     /// Parses either form; see the module docs.
@@ -114,11 +107,7 @@ impl Udi {
         if text.is_empty() {
             return Err(Error::Empty);
         }
-        let fields = if text.starts_with('(') {
-            split_human_readable(text)?
-        } else {
-            split_raw(text)?
-        };
+        let fields = if text.starts_with('(') { split_human_readable(text)? } else { split_raw(text)? };
         let mut gtin = None;
         let mut expiry = None;
         let mut lot = None;
@@ -139,12 +128,7 @@ impl Udi {
         let expiry = parse_expiry(&expiry.ok_or(Error::MissingAi("17"))?)?;
         let lot = validate_variable("10", lot.ok_or(Error::MissingAi("10"))?)?;
         let serial = validate_variable("21", serial.ok_or(Error::MissingAi("21"))?)?;
-        Ok(Udi {
-            gtin,
-            expiry,
-            lot,
-            serial,
-        })
+        Ok(Udi { gtin, expiry, lot, serial })
     }
 
     /// The human-readable form, which is also the canonical form signatures cover.
@@ -197,9 +181,7 @@ fn split_raw(text: &str) -> Result<Vec<(String, String)>, Error> {
     let mut fields = Vec::new();
     let mut rest = text.trim_start_matches(GROUP_SEPARATOR);
     while !rest.is_empty() {
-        let ai = rest
-            .get(..2)
-            .ok_or_else(|| Error::UnsupportedAi(rest.to_owned()))?;
+        let ai = rest.get(..2).ok_or_else(|| Error::UnsupportedAi(rest.to_owned()))?;
         let body = &rest[2..];
         let fixed_len = match ai {
             "01" => Some(14),
@@ -225,12 +207,8 @@ fn split_raw(text: &str) -> Result<Vec<(String, String)>, Error> {
 
 /// The GS1 mod-10 check digit over the first 13 digits of a GTIN-14.
 pub fn gtin_check_digit(first_13: &[u8]) -> u8 {
-    let sum: u32 = first_13
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, d)| u32::from(d - b'0') * if i % 2 == 0 { 3 } else { 1 })
-        .sum();
+    let sum: u32 =
+        first_13.iter().rev().enumerate().map(|(i, d)| u32::from(d - b'0') * if i % 2 == 0 { 3 } else { 1 }).sum();
     ((10 - sum % 10) % 10) as u8
 }
 
@@ -242,11 +220,7 @@ fn validate_gtin(gtin: String) -> Result<String, Error> {
     let expected = gtin_check_digit(&bytes[..13]);
     let found = bytes[13] - b'0';
     if expected != found {
-        return Err(Error::GtinCheckDigit {
-            gtin,
-            found,
-            expected,
-        });
+        return Err(Error::GtinCheckDigit { gtin, found, expected });
     }
     Ok(gtin)
 }
@@ -274,9 +248,7 @@ fn parse_expiry(value: &str) -> Result<Date, Error> {
 }
 
 fn validate_variable(ai: &'static str, value: String) -> Result<String, Error> {
-    let printable = value
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b'(' && b != b')');
+    let printable = value.bytes().all(|b| b.is_ascii_graphic() && b != b'(' && b != b')');
     if value.is_empty() || value.len() > MAX_VARIABLE_LEN || !printable {
         return Err(Error::VariableField { ai, value });
     }
@@ -294,14 +266,7 @@ mod tests {
     fn parses_human_readable() {
         let udi = Udi::parse(HUMAN).unwrap();
         assert_eq!(udi.gtin, "09506000134352");
-        assert_eq!(
-            udi.expiry,
-            Date {
-                year: 2027,
-                month: 12,
-                day: 31
-            }
-        );
+        assert_eq!(udi.expiry, Date { year: 2027, month: 12, day: 31 });
         assert_eq!(udi.lot, "LOT42");
         assert_eq!(udi.serial, "S0001");
     }
@@ -316,82 +281,34 @@ mod tests {
     #[test]
     fn day_zero_means_end_of_month() {
         let udi = Udi::parse("(01)09506000134352(17)280200(10)L(21)S").unwrap();
-        assert_eq!(
-            udi.expiry,
-            Date {
-                year: 2028,
-                month: 2,
-                day: 29
-            }
-        );
+        assert_eq!(udi.expiry, Date { year: 2028, month: 2, day: 29 });
     }
 
     #[test]
     fn rejects_bad_check_digit_and_missing_ais() {
         assert!(matches!(
             Udi::parse("(01)09506000134353(17)271231(10)L(21)S"),
-            Err(Error::GtinCheckDigit {
-                expected: 2,
-                found: 3,
-                ..
-            })
+            Err(Error::GtinCheckDigit { expected: 2, found: 3, .. })
         ));
-        assert_eq!(
-            Udi::parse("(01)09506000134352(17)271231(10)L"),
-            Err(Error::MissingAi("21"))
-        );
-        assert_eq!(
-            Udi::parse("(01)09506000134352(17)271331(10)L(21)S"),
-            Err(Error::ExpiryFormat("271331".into()))
-        );
+        assert_eq!(Udi::parse("(01)09506000134352(17)271231(10)L"), Err(Error::MissingAi("21")));
+        assert_eq!(Udi::parse("(01)09506000134352(17)271331(10)L(21)S"), Err(Error::ExpiryFormat("271331".into())));
         assert!(matches!(Udi::parse("(99)x"), Err(Error::UnsupportedAi(_))));
         assert_eq!(Udi::parse("  "), Err(Error::Empty));
     }
 
     #[test]
     fn epoch_days_match_known_dates() {
-        assert_eq!(
-            Date {
-                year: 1970,
-                month: 1,
-                day: 1
-            }
-            .days_since_epoch(),
-            0
-        );
-        assert_eq!(
-            Date {
-                year: 2000,
-                month: 3,
-                day: 1
-            }
-            .days_since_epoch(),
-            11_017
-        );
+        assert_eq!(Date { year: 1970, month: 1, day: 1 }.days_since_epoch(), 0);
+        assert_eq!(Date { year: 2000, month: 3, day: 1 }.days_since_epoch(), 11_017);
     }
 
     fn arb_udi() -> impl Strategy<Value = Udi> {
-        (
-            "[0-9]{13}",
-            0u16..100,
-            1u8..=12,
-            1u8..=28,
-            "[A-Z0-9]{1,20}",
-            "[A-Z0-9]{1,20}",
-        )
-            .prop_map(|(body, yy, month, day, lot, serial)| {
+        ("[0-9]{13}", 0u16..100, 1u8..=12, 1u8..=28, "[A-Z0-9]{1,20}", "[A-Z0-9]{1,20}").prop_map(
+            |(body, yy, month, day, lot, serial)| {
                 let check = gtin_check_digit(body.as_bytes());
-                Udi {
-                    gtin: format!("{body}{check}"),
-                    expiry: Date {
-                        year: 2000 + yy,
-                        month,
-                        day,
-                    },
-                    lot,
-                    serial,
-                }
-            })
+                Udi { gtin: format!("{body}{check}"), expiry: Date { year: 2000 + yy, month, day }, lot, serial }
+            },
+        )
     }
 
     proptest! {

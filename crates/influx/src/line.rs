@@ -17,10 +17,7 @@ pub struct Point<'a> {
 
 impl LineBuilder {
     pub fn with_capacity(bytes: usize) -> Self {
-        LineBuilder {
-            buffer: String::with_capacity(bytes),
-            lines: 0,
-        }
+        LineBuilder { buffer: String::with_capacity(bytes), lines: 0 }
     }
 
     /// Starts a point. Tags must be added before fields.
@@ -29,10 +26,7 @@ impl LineBuilder {
             self.buffer.push('\n');
         }
         escape_into(&mut self.buffer, measurement, &[',', ' ']);
-        Point {
-            builder: self,
-            has_field: false,
-        }
+        Point { builder: self, has_field: false }
     }
 
     /// Appends already-encoded lines (from the outbox).
@@ -174,11 +168,7 @@ mod tests {
         let mut lines = LineBuilder::default();
         lines.point("a").float("x", 1.0).timestamp_ms(1);
         lines.point("b").float("x", f64::NAN).timestamp_ms(2);
-        lines
-            .point("c")
-            .float("x", f64::INFINITY)
-            .float("y", 2.0)
-            .timestamp_ms(3);
+        lines.point("c").float("x", f64::INFINITY).float("y", 2.0).timestamp_ms(3);
         assert_eq!(lines.as_str(), "a x=1 1\nc y=2 3");
         assert_eq!(lines.lines(), 2);
     }
@@ -186,11 +176,7 @@ mod tests {
     #[test]
     fn escapes_commas_equals_and_newlines_in_tags() {
         let mut lines = LineBuilder::default();
-        lines
-            .point("m,x")
-            .tag("k=1", "a,b=c\nd")
-            .int("v", 1)
-            .timestamp_ms(5);
+        lines.point("m,x").tag("k=1", "a,b=c\nd").int("v", 1).timestamp_ms(5);
         assert_eq!(lines.as_str(), "m\\,x,k\\=1=a\\,b\\=c\\nd v=1i 5");
     }
 }

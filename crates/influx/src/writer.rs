@@ -91,13 +91,8 @@ pub struct WriteReport {
 }
 
 enum Backend {
-    V1 {
-        http: reqwest::Client,
-        write_url: reqwest::Url,
-    },
-    V2 {
-        client: influxdb2::Client,
-    },
+    V1 { http: reqwest::Client, write_url: reqwest::Url },
+    V2 { client: influxdb2::Client },
 }
 
 enum Attempt {
@@ -120,18 +115,13 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(options: Options) -> Result<Writer, Error> {
-        let base = reqwest::Url::parse(&options.url)
-            .map_err(|e| Error::Config(format!("url {:?}: {e}", options.url)))?;
+        let base =
+            reqwest::Url::parse(&options.url).map_err(|e| Error::Config(format!("url {:?}: {e}", options.url)))?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(Error::Config(format!(
-                "url {:?}: scheme must be http or https",
-                options.url
-            )));
+            return Err(Error::Config(format!("url {:?}: scheme must be http or https", options.url)));
         }
         if options.database.is_empty() {
-            return Err(Error::Config(
-                "database (or bucket) must not be empty".into(),
-            ));
+            return Err(Error::Config("database (or bucket) must not be empty".into()));
         }
         let timeout = Duration::from_millis(options.request_timeout_ms);
         let mut headers = HeaderMap::new();
@@ -140,56 +130,30 @@ impl Writer {
             // uses the slowest level); the header tells the server.
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        let http_builder = || {
-            reqwest::Client::builder()
-                .timeout(timeout)
-                .default_headers(headers.clone())
-        };
+        let http_builder = || reqwest::Client::builder().timeout(timeout).default_headers(headers.clone());
         let build_error = |e: reqwest::Error| Error::Config(e.to_string());
         let backend = match options.api {
             Api::V1 => {
-                let mut write_url = base
-                    .join("write")
-                    .map_err(|e| Error::Config(e.to_string()))?;
-                write_url
-                    .query_pairs_mut()
-                    .append_pair("db", &options.database)
-                    .append_pair("precision", "ms");
+                let mut write_url = base.join("write").map_err(|e| Error::Config(e.to_string()))?;
+                write_url.query_pairs_mut().append_pair("db", &options.database).append_pair("precision", "ms");
                 if let Some((user, password)) = options.token.split_once(':') {
-                    write_url
-                        .query_pairs_mut()
-                        .append_pair("u", user)
-                        .append_pair("p", password);
+                    write_url.query_pairs_mut().append_pair("u", user).append_pair("p", password);
                 }
-                Backend::V1 {
-                    http: http_builder().build().map_err(build_error)?,
-                    write_url,
-                }
+                Backend::V1 { http: http_builder().build().map_err(build_error)?, write_url }
             }
             Api::V2 => {
                 if options.org.is_empty() {
                     return Err(Error::Config("org must not be empty for the v2 API".into()));
                 }
-                let client = influxdb2::ClientBuilder::with_builder(
-                    http_builder(),
-                    &options.url,
-                    &options.org,
-                    &options.token,
-                )
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
+                let client =
+                    influxdb2::ClientBuilder::with_builder(http_builder(), &options.url, &options.org, &options.token)
+                        .build()
+                        .map_err(|e| Error::Config(e.to_string()))?;
                 Backend::V2 { client }
             }
         };
-        let probe = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(build_error)?;
-        Ok(Writer {
-            backend,
-            probe,
-            options,
-        })
+        let probe = reqwest::Client::builder().timeout(timeout).build().map_err(build_error)?;
+        Ok(Writer { backend, probe, options })
     }
 
     /// Checks that the server answers, for a clear error at start rather than at first write.
@@ -205,37 +169,21 @@ impl Writer {
         if self.options.api == Api::V2 && !self.options.token.is_empty() {
             request = request.header(AUTHORIZATION, format!("Token {}", self.options.token));
         }
-        let unreachable = |reason: String| Error::Unreachable {
-            url: self.options.url.clone(),
-            reason,
-        };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |reason: String| Error::Unreachable { url: self.options.url.clone(), reason };
+        let response = request.send().await.map_err(|e| unreachable(e.to_string()))?;
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(unreachable(format!(
-                "/{path} answered {}",
-                response.status()
-            )))
+            Err(unreachable(format!("/{path} answered {}", response.status())))
         }
     }
 
     /// Writes `body` (newline-separated lines), retrying until InfluxDB takes it. Returns
     /// early with [`Error::Interrupted`] only when `shutdown` turns true between attempts.
-    pub async fn write(
-        &self,
-        body: &str,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<WriteReport, Error> {
+    pub async fn write(&self, body: &str, shutdown: &mut watch::Receiver<bool>) -> Result<WriteReport, Error> {
         let mut report = WriteReport::default();
         let lines: Vec<&str> = body.lines().filter(|line| !line.is_empty()).collect();
-        let mut pending: Vec<&[&str]> = lines
-            .chunks(self.options.max_lines_per_request.max(1))
-            .rev()
-            .collect();
+        let mut pending: Vec<&[&str]> = lines.chunks(self.options.max_lines_per_request.max(1)).rev().collect();
         while let Some(chunk) = pending.pop() {
             let mut backoff = Duration::from_millis(self.options.min_backoff_ms);
             loop {
@@ -275,8 +223,7 @@ impl Writer {
                             _ = tokio::time::sleep(jittered) => {}
                             _ = shutdown.changed() => return Err(Error::Interrupted(reason)),
                         }
-                        backoff =
-                            (backoff * 2).min(Duration::from_millis(self.options.max_backoff_ms));
+                        backoff = (backoff * 2).min(Duration::from_millis(self.options.max_backoff_ms));
                     }
                 }
             }
@@ -290,25 +237,18 @@ impl Writer {
             Err(e) => return Attempt::Retry(format!("cannot compress body: {e}")),
         };
         match &self.backend {
-            Backend::V1 { http, write_url } => {
-                match http.post(write_url.clone()).body(body).send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        let text = response.text().await.unwrap_or_default();
-                        classify(status, text)
-                    }
-                    Err(e) => Attempt::Retry(e.to_string()),
+            Backend::V1 { http, write_url } => match http.post(write_url.clone()).body(body).send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    classify(status, text)
                 }
-            }
+                Err(e) => Attempt::Retry(e.to_string()),
+            },
             Backend::V2 { client } => {
                 let precision = influxdb2::api::write::TimestampPrecision::Milliseconds;
                 match client
-                    .write_line_protocol_with_precision(
-                        &self.options.org,
-                        &self.options.database,
-                        body,
-                        precision,
-                    )
+                    .write_line_protocol_with_precision(&self.options.org, &self.options.database, body, precision)
                     .await
                 {
                     Ok(()) => Attempt::Accepted,
@@ -329,10 +269,7 @@ impl Writer {
             }
             return Ok(body);
         }
-        let mut encoder = flate2::write::GzEncoder::new(
-            Vec::with_capacity(size / 4),
-            flate2::Compression::fast(),
-        );
+        let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(size / 4), flate2::Compression::fast());
         for line in lines {
             encoder.write_all(line.as_bytes())?;
             encoder.write_all(b"\n")?;
@@ -346,10 +283,7 @@ fn classify(status: StatusCode, text: String) -> Attempt {
         200..=299 => Attempt::Accepted,
         413 => Attempt::TooLarge,
         429 | 408 => Attempt::Retry(format!("{status}: {}", truncate(&text, 300))),
-        400..=499 => Attempt::Rejected {
-            status: status.as_u16(),
-            message: text,
-        },
+        400..=499 => Attempt::Rejected { status: status.as_u16(), message: text },
         _ => Attempt::Retry(format!("{status}: {}", truncate(&text, 300))),
     }
 }
@@ -360,13 +294,7 @@ fn rejected_line_count(message: &str, chunk_len: usize) -> usize {
         .rsplit("dropped=")
         .next()
         .filter(|_| message.contains("dropped="))
-        .and_then(|rest| {
-            rest.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
-        })
+        .and_then(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok())
         .map_or(chunk_len, |dropped: usize| dropped.min(chunk_len))
 }
 
@@ -383,51 +311,24 @@ mod tests {
 
     #[test]
     fn partial_write_counts_dropped_lines() {
-        assert_eq!(
-            rejected_line_count(
-                r#"{"error":"partial write: field type conflict dropped=3"}"#,
-                10
-            ),
-            3
-        );
+        assert_eq!(rejected_line_count(r#"{"error":"partial write: field type conflict dropped=3"}"#, 10), 3);
         assert_eq!(rejected_line_count("unable to parse 'x y': bad", 10), 10);
     }
 
     #[test]
     fn status_classes() {
-        assert!(matches!(
-            classify(StatusCode::NO_CONTENT, String::new()),
-            Attempt::Accepted
-        ));
-        assert!(matches!(
-            classify(StatusCode::TOO_MANY_REQUESTS, String::new()),
-            Attempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify(StatusCode::SERVICE_UNAVAILABLE, String::new()),
-            Attempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify(StatusCode::BAD_REQUEST, String::new()),
-            Attempt::Rejected { status: 400, .. }
-        ));
-        assert!(matches!(
-            classify(StatusCode::PAYLOAD_TOO_LARGE, String::new()),
-            Attempt::TooLarge
-        ));
+        assert!(matches!(classify(StatusCode::NO_CONTENT, String::new()), Attempt::Accepted));
+        assert!(matches!(classify(StatusCode::TOO_MANY_REQUESTS, String::new()), Attempt::Retry(_)));
+        assert!(matches!(classify(StatusCode::SERVICE_UNAVAILABLE, String::new()), Attempt::Retry(_)));
+        assert!(matches!(classify(StatusCode::BAD_REQUEST, String::new()), Attempt::Rejected { status: 400, .. }));
+        assert!(matches!(classify(StatusCode::PAYLOAD_TOO_LARGE, String::new()), Attempt::TooLarge));
     }
 
     #[test]
     fn rejects_bad_configuration() {
-        let bad_url = Options {
-            url: "not a url".into(),
-            ..Options::default()
-        };
+        let bad_url = Options { url: "not a url".into(), ..Options::default() };
         assert!(matches!(Writer::new(bad_url), Err(Error::Config(_))));
-        let no_db = Options {
-            database: String::new(),
-            ..Options::default()
-        };
+        let no_db = Options { database: String::new(), ..Options::default() };
         assert!(matches!(Writer::new(no_db), Err(Error::Config(_))));
     }
 }

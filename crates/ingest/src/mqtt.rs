@@ -5,10 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
-    SubscribeFilter,
-};
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, watch};
 
 use crate::pipeline::Error;
@@ -27,25 +24,16 @@ impl MqttAddress {
         let rest = url
             .strip_prefix("mqtt://")
             .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| {
-                format!("MQTT URL {url:?} must start with mqtt:// (TLS is not supported yet)")
-            })?;
+            .ok_or_else(|| format!("MQTT URL {url:?} must start with mqtt:// (TLS is not supported yet)"))?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse()
-                    .map_err(|_| format!("MQTT URL {url:?} has an invalid port"))?,
-            ),
+            Some((host, port)) => (host, port.parse().map_err(|_| format!("MQTT URL {url:?} has an invalid port"))?),
             None => (rest, 1883),
         };
         if host.is_empty() {
             return Err(format!("MQTT URL {url:?} has no host"));
         }
-        Ok(MqttAddress {
-            host: host.to_owned(),
-            port,
-        })
+        Ok(MqttAddress { host: host.to_owned(), port })
     }
 }
 
@@ -95,28 +83,14 @@ impl Connection {
         let (client, mut eventloop) = AsyncClient::new(mqtt, 1 << 16);
         let filters = Channel::ALL
             .into_iter()
-            .map(|channel| {
-                SubscribeFilter::new(
-                    topic::filter(&options.topic_root, channel),
-                    QoS::AtLeastOnce,
-                )
-            })
+            .map(|channel| SubscribeFilter::new(topic::filter(&options.topic_root, channel), QoS::AtLeastOnce))
             .collect();
         let connection = Arc::new(AtomicU64::new(0));
         let first = tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await;
-        let unreachable = |reason: String| {
-            Error::Unreachable(format!("MQTT broker {}: {reason}", options.mqtt_url))
-        };
+        let unreachable = |reason: String| Error::Unreachable(format!("MQTT broker {}: {reason}", options.mqtt_url));
         match first {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack))))
-                if ack.code == ConnectReturnCode::Success =>
-            {
-                let mut this = Connection {
-                    client,
-                    eventloop,
-                    connection,
-                    filters,
-                };
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
+                let mut this = Connection { client, eventloop, connection, filters };
                 this.on_connected(ack.session_present);
                 Ok(this)
             }
@@ -130,19 +104,12 @@ impl Connection {
     }
 
     pub(crate) fn acker(&self) -> Acker {
-        Acker {
-            client: self.client.clone(),
-            connection: self.connection.clone(),
-        }
+        Acker { client: self.client.clone(), connection: self.connection.clone() }
     }
 
     fn on_connected(&mut self, session_present: bool) {
         let generation = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::info!(
-            session_present,
-            connection = generation,
-            "connected to MQTT broker"
-        );
+        tracing::info!(session_present, connection = generation, "connected to MQTT broker");
         if !session_present {
             // A fresh session has no subscriptions: (re)subscribe. Non-blocking, since this
             // runs inside the poll loop that drains the request channel.
@@ -213,10 +180,7 @@ mod tests {
     fn parses_mqtt_urls() {
         assert_eq!(
             MqttAddress::parse("mqtt://127.0.0.1:1884").unwrap(),
-            MqttAddress {
-                host: "127.0.0.1".into(),
-                port: 1884
-            }
+            MqttAddress { host: "127.0.0.1".into(), port: 1884 }
         );
         assert_eq!(MqttAddress::parse("mqtt://broker").unwrap().port, 1883);
         assert!(MqttAddress::parse("http://x:1").is_err());

@@ -53,24 +53,12 @@ const OUTBOX_ROWS_PER_BATCH: i64 = 200;
 
 impl Service {
     /// Connects to the broker (failing clearly if it cannot).
-    pub async fn connect(
-        options: Options,
-        store: Store,
-        writer: Arc<Writer>,
-    ) -> Result<Service, Error> {
+    pub async fn connect(options: Options, store: Store, writer: Arc<Writer>) -> Result<Service, Error> {
         if options.batch_max_messages == 0 {
-            return Err(Error::Config(
-                "batch_max_messages must be at least 1".into(),
-            ));
+            return Err(Error::Config("batch_max_messages must be at least 1".into()));
         }
         let connection = Connection::open(&options).await?;
-        Ok(Service {
-            options,
-            connection,
-            store,
-            writer,
-            stats: Arc::default(),
-        })
+        Ok(Service { options, connection, store, writer, stats: Arc::default() })
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -133,8 +121,7 @@ impl Pipeline {
                     _ => break,
                 }
             }
-            self.process(std::mem::take(&mut messages), &mut shutdown)
-                .await?;
+            self.process(std::mem::take(&mut messages), &mut shutdown).await?;
         }
         // Stop: what has already arrived is finished and acked; the rest stays with the broker.
         receive.close();
@@ -149,38 +136,21 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn process(
-        &mut self,
-        messages: Vec<Incoming>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), Error> {
+    async fn process(&mut self, messages: Vec<Incoming>, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
         let received_ms = now_ms();
         let limits = self.options.limits();
         let directory = self.store.directory().clone();
-        let mut batch = IngestBatch {
-            received_ms,
-            ..IngestBatch::default()
-        };
+        let mut batch = IngestBatch { received_ms, ..IngestBatch::default() };
         self.lines.clear();
         for message in &messages {
             let publish = &message.publish;
-            let decoded = decode::decode(
-                &self.options.topic_root,
-                &publish.topic,
-                &publish.payload,
-                received_ms,
-                &limits,
-            )
-            .and_then(|decoded| self.admit(decoded, &mut batch));
+            let decoded =
+                decode::decode(&self.options.topic_root, &publish.topic, &publish.payload, received_ms, &limits)
+                    .and_then(|decoded| self.admit(decoded, &mut batch));
             let decoded = match decoded {
                 Ok(decoded) => decoded,
                 Err(rejection) => {
-                    batch.quarantine.push(quarantine_entry(
-                        received_ms,
-                        &publish.topic,
-                        &publish.payload,
-                        rejection,
-                    ));
+                    batch.quarantine.push(quarantine_entry(received_ms, &publish.topic, &publish.payload, rejection));
                     continue;
                 }
             };
@@ -188,9 +158,7 @@ impl Pipeline {
                 Decoded::Telemetry(telemetry) => {
                     let placement = directory.get(&telemetry.pen).unwrap_or_default();
                     points::telemetry(&mut self.lines, &telemetry, &placement);
-                    self.stats
-                        .samples
-                        .fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
+                    self.stats.samples.fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
                     if let Some(latest) = telemetry.samples.iter().map(|s| s.time_unix_ms).max() {
                         let seen = batch.telemetry_seen.entry(telemetry.pen).or_insert(latest);
                         *seen = (*seen).max(latest);
@@ -215,11 +183,7 @@ impl Pipeline {
         } else {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self
-                    .store
-                    .apply_batch(&batch, |effects| points::derived(effects, &directory))
-                    .await
-                {
+                match self.store.apply_batch(&batch, |effects| points::derived(effects, &directory)).await {
                     Ok(effects) => break Some(effects),
                     Err(e) if e.is_transient() => {
                         // Full disk, I/O error: nothing is acked, so nothing is lost; try again.
@@ -241,12 +205,8 @@ impl Pipeline {
         }
         if !self.lines.is_empty() {
             let report = self.writer.write(self.lines.as_str(), shutdown).await?;
-            self.stats
-                .points_written
-                .fetch_add(report.lines as u64, Ordering::Relaxed);
-            self.stats
-                .points_rejected
-                .fetch_add(report.rejected_lines as u64, Ordering::Relaxed);
+            self.stats.points_written.fetch_add(report.lines as u64, Ordering::Relaxed);
+            self.stats.points_rejected.fetch_add(report.rejected_lines as u64, Ordering::Relaxed);
         }
         if let Some((last_id, _)) = outbox.last() {
             self.store.delete_outbox(*last_id).await?;
@@ -255,23 +215,13 @@ impl Pipeline {
         for message in &messages {
             self.acker.ack(message).await;
         }
-        self.stats
-            .messages
-            .fetch_add(messages.len() as u64, Ordering::Relaxed);
-        self.stats
-            .acked
-            .fetch_add(messages.len() as u64, Ordering::Relaxed);
-        self.stats
-            .quarantined
-            .fetch_add(batch.quarantine.len() as u64, Ordering::Relaxed);
+        self.stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.stats.acked.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.stats.quarantined.fetch_add(batch.quarantine.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Some(effects) = effects {
-            self.stats
-                .duplicate_events
-                .fetch_add(effects.duplicate_events as u64, Ordering::Relaxed);
-            self.stats
-                .violations_raised
-                .fetch_add(effects.raised.len() as u64, Ordering::Relaxed);
+            self.stats.duplicate_events.fetch_add(effects.duplicate_events as u64, Ordering::Relaxed);
+            self.stats.violations_raised.fetch_add(effects.raised.len() as u64, Ordering::Relaxed);
             for violation in &effects.raised {
                 tracing::info!(rule = violation.rule.id(), pen = %violation.pen, session = %violation.session_id, "violation raised");
             }
@@ -296,12 +246,7 @@ impl Pipeline {
     }
 }
 
-fn quarantine_entry(
-    received_ms: i64,
-    topic: &str,
-    payload: &[u8],
-    rejection: Rejection,
-) -> QuarantineEntry {
+fn quarantine_entry(received_ms: i64, topic: &str, payload: &[u8], rejection: Rejection) -> QuarantineEntry {
     let excerpt = &payload[..payload.len().min(QUARANTINE_EXCERPT_BYTES)];
     QuarantineEntry {
         received_ms,

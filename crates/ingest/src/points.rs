@@ -17,10 +17,7 @@ fn placement_tags<'a>(
 ) -> penwarden_influx::line::Point<'a> {
     point
         .tag("chain", placement.chain.as_ref().map_or("", |c| c.as_str()))
-        .tag(
-            "clinic",
-            placement.clinic.as_ref().map_or("", |c| c.as_str()),
-        )
+        .tag("clinic", placement.clinic.as_ref().map_or("", |c| c.as_str()))
 }
 
 /// One point per sample.
@@ -52,10 +49,7 @@ fn violation(lines: &mut LineBuilder, violation: &RaisedViolation, active: bool)
         .int("active", i64::from(active))
         .int("violation_id", violation.id)
         .string("session_id", &violation.session_id)
-        .string(
-            "cartridge_serial",
-            violation.cartridge_serial.as_deref().unwrap_or(""),
-        )
+        .string("cartridge_serial", violation.cartridge_serial.as_deref().unwrap_or(""))
         .timestamp_ms(violation.device_time_ms);
 }
 
@@ -76,14 +70,8 @@ pub fn derived(effects: &Effects, directory: &PenDirectory) -> Vec<String> {
             .tag("clinic", session.clinic.as_deref().unwrap_or(""))
             .tag("pen", &session.pen)
             .string("session_id", &session.session_id)
-            .string(
-                "cartridge_serial",
-                session.cartridge_serial.as_deref().unwrap_or(""),
-            )
-            .string(
-                "cartridge_lot",
-                session.cartridge_lot.as_deref().unwrap_or(""),
-            )
+            .string("cartridge_serial", session.cartridge_serial.as_deref().unwrap_or(""))
+            .string("cartridge_lot", session.cartridge_lot.as_deref().unwrap_or(""))
             .int("duration_ms", session.duration_ms)
             .int("strokes", session.strokes)
             .float("motor_seconds", session.motor_seconds)

@@ -27,9 +27,7 @@ pub fn parse(root: &str, topic: &str) -> Result<(PenSerial, Channel), String> {
         .strip_prefix(root)
         .and_then(|rest| rest.strip_prefix("/pens/"))
         .ok_or_else(|| format!("topic is not under {root}/pens/"))?;
-    let (serial, channel) = rest
-        .split_once('/')
-        .ok_or("topic has no channel after the pen serial")?;
+    let (serial, channel) = rest.split_once('/').ok_or("topic has no channel after the pen serial")?;
     let channel = match channel {
         "telemetry" => Channel::Telemetry,
         "events" => Channel::Events,
@@ -58,13 +56,9 @@ mod tests {
 
     #[test]
     fn rejects_wrong_shapes() {
-        for topic in [
-            "pw/v2/pens/P/events",
-            "pw/v1/pens/P",
-            "pw/v1/pens/P/other",
-            "pw/v1/pens/P/events/x",
-            "pw/v1/pens//events",
-        ] {
+        for topic in
+            ["pw/v2/pens/P/events", "pw/v1/pens/P", "pw/v1/pens/P/other", "pw/v1/pens/P/events/x", "pw/v1/pens//events"]
+        {
             assert!(parse("pw/v1", topic).is_err(), "{topic}");
         }
     }

@@ -20,8 +20,7 @@ pub mod api {
 }
 
 /// Encoded `FileDescriptorSet` of every proto, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/penwarden_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/penwarden_descriptor.bin"));
 
 #[cfg(test)]
 mod tests {
@@ -35,10 +34,7 @@ mod tests {
             pen_serial: "PW-000001".into(),
             seq: 42,
             time_unix_ms: 1_790_000_000_000,
-            kind: Some(pen_event::Kind::PenDisinfected(PenDisinfected {
-                method: 1,
-                sheath_changed: true,
-            })),
+            kind: Some(pen_event::Kind::PenDisinfected(PenDisinfected { method: 1, sheath_changed: true })),
         };
         let binary = PenEvent::decode(event.encode_to_vec().as_slice()).unwrap();
         let json: PenEvent = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
@@ -54,10 +50,7 @@ mod tests {
         assert_eq!(event.seq, 7);
         assert!(matches!(
             event.kind,
-            Some(pen_event::Kind::PenDisinfected(PenDisinfected {
-                method: 1,
-                sheath_changed: true
-            }))
+            Some(pen_event::Kind::PenDisinfected(PenDisinfected { method: 1, sheath_changed: true }))
         ));
     }
 
@@ -65,16 +58,7 @@ mod tests {
     fn field_numbers_are_stable() {
         // A wire-compatibility guard: these bytes were produced by the schema as first
         // published. If a field number changes, old pens' messages would decode wrongly.
-        let event = PenEvent {
-            schema_version: 1,
-            pen_serial: "P".into(),
-            seq: 2,
-            time_unix_ms: 3,
-            kind: None,
-        };
-        assert_eq!(
-            event.encode_to_vec(),
-            vec![0x08, 0x01, 0x12, 0x01, b'P', 0x18, 0x02, 0x20, 0x03]
-        );
+        let event = PenEvent { schema_version: 1, pen_serial: "P".into(), seq: 2, time_unix_ms: 3, kind: None };
+        assert_eq!(event.encode_to_vec(), vec![0x08, 0x01, 0x12, 0x01, b'P', 0x18, 0x02, 0x20, 0x03]);
     }
 }

@@ -3,12 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use penwarden_domain::compliance::{
-    judge_cartridge_reuse, judge_disinfection, CartridgeUse, Judgement, PenFact, PenFactKind, Rule,
-    SessionRef,
+    judge_cartridge_reuse, judge_disinfection, CartridgeUse, Judgement, PenFact, PenFactKind, Rule, SessionRef,
 };
-use penwarden_domain::{
-    CartridgeKey, ChainId, ClinicId, DeviceEvent, EventRecord, PenSerial, SessionId, Udi,
-};
+use penwarden_domain::{CartridgeKey, ChainId, ClinicId, DeviceEvent, EventRecord, PenSerial, SessionId, Udi};
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::directory::PenPlacement;
@@ -112,8 +109,7 @@ pub struct Effects {
     pub statuses: Vec<StatusReport>,
 }
 
-const RETRACTION_REASON: &str =
-    "withdrawn: device data that arrived later changed the judgement of this session";
+const RETRACTION_REASON: &str = "withdrawn: device data that arrived later changed the judgement of this session";
 
 impl Store {
     /// Applies a batch in one transaction. `outbox_lines` turns the batch's effects into
@@ -195,9 +191,7 @@ impl Store {
             let placement = self.directory.get(&record.pen).unwrap_or_default();
             match &record.event {
                 DeviceEvent::SessionStarted { .. } => {
-                    if let Some(key) =
-                        record_session_start(&mut tx, record, &placement, now).await?
-                    {
+                    if let Some(key) = record_session_start(&mut tx, record, &placement, now).await? {
                         touched_cartridges.insert(key);
                     }
                 }
@@ -205,11 +199,7 @@ impl Store {
                     record_session_end(&mut tx, record, &placement).await?;
                     ended.push((record.pen.clone(), session_id.clone()));
                 }
-                DeviceEvent::Status {
-                    battery_pct,
-                    firmware,
-                    motor_hours,
-                } => {
+                DeviceEvent::Status { battery_pct, firmware, motor_hours } => {
                     sqlx::query("UPDATE pens SET battery_pct = ?, motor_hours = ?, firmware = CASE WHEN ? = '' THEN firmware ELSE ? END WHERE pen_serial = ?")
                         .bind(battery_pct)
                         .bind(motor_hours)
@@ -230,9 +220,7 @@ impl Store {
             }
             if matches!(
                 record.event,
-                DeviceEvent::SessionStarted { .. }
-                    | DeviceEvent::SessionEnded { .. }
-                    | DeviceEvent::Disinfected { .. }
+                DeviceEvent::SessionStarted { .. } | DeviceEvent::SessionEnded { .. } | DeviceEvent::Disinfected { .. }
             ) {
                 let min_seq = touched_pens.entry(record.pen.clone()).or_insert(record.seq);
                 *min_seq = (*min_seq).min(record.seq);
@@ -283,19 +271,12 @@ impl Store {
 
     /// Forgets outbox rows once InfluxDB has accepted their lines.
     pub async fn delete_outbox(&self, up_to_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM influx_outbox WHERE id <= ?")
-            .bind(up_to_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM influx_outbox WHERE id <= ?").bind(up_to_id).execute(&self.pool).await?;
         Ok(())
     }
 }
 
-async fn touch_last_seen(
-    tx: &mut Transaction<'_, Sqlite>,
-    pen: &PenSerial,
-    seen_ms: i64,
-) -> Result<()> {
+async fn touch_last_seen(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, seen_ms: i64) -> Result<()> {
     sqlx::query("UPDATE pens SET last_seen_ms = ? WHERE pen_serial = ? AND (last_seen_ms IS NULL OR last_seen_ms < ?)")
         .bind(seen_ms)
         .bind(pen.as_str())
@@ -306,22 +287,17 @@ async fn touch_last_seen(
 }
 
 /// Inserts the event unless (pen, seq) is already recorded; returns whether it was new.
-async fn insert_event(
-    tx: &mut Transaction<'_, Sqlite>,
-    record: &EventRecord,
-    now: i64,
-) -> Result<bool> {
+async fn insert_event(tx: &mut Transaction<'_, Sqlite>, record: &EventRecord, now: i64) -> Result<bool> {
     let (session_id, sheath_changed, detail) = match &record.event {
-        DeviceEvent::SessionStarted { session_id, .. }
-        | DeviceEvent::SessionEnded { session_id, .. } => {
+        DeviceEvent::SessionStarted { session_id, .. } | DeviceEvent::SessionEnded { session_id, .. } => {
             (Some(session_id.as_str()), None, String::new())
         }
-        DeviceEvent::Disinfected {
-            method,
-            sheath_changed,
-        } => (None, Some(*sheath_changed), method.as_str().to_owned()),
-        DeviceEvent::CartridgeAttached { cartridge_udi }
-        | DeviceEvent::CartridgeDetached { cartridge_udi } => (None, None, cartridge_udi.clone()),
+        DeviceEvent::Disinfected { method, sheath_changed } => {
+            (None, Some(*sheath_changed), method.as_str().to_owned())
+        }
+        DeviceEvent::CartridgeAttached { cartridge_udi } | DeviceEvent::CartridgeDetached { cartridge_udi } => {
+            (None, None, cartridge_udi.clone())
+        }
         DeviceEvent::DepthChanged { depth_mm } => (None, None, depth_mm.to_string()),
         DeviceEvent::Fault { code, detail } => (None, None, format!("{code}: {detail}")),
         DeviceEvent::Status { firmware, .. } => (None, None, firmware.clone()),
@@ -350,14 +326,8 @@ async fn record_session_start(
     placement: &PenPlacement,
     now: i64,
 ) -> Result<Option<CartridgeKey>> {
-    let DeviceEvent::SessionStarted {
-        session_id,
-        cartridge_udi,
-        operator_id,
-        area,
-        depth_setting_mm,
-        ..
-    } = &record.event
+    let DeviceEvent::SessionStarted { session_id, cartridge_udi, operator_id, area, depth_setting_mm, .. } =
+        &record.event
     else {
         return Ok(None);
     };
@@ -410,13 +380,7 @@ async fn record_session_end(
     record: &EventRecord,
     placement: &PenPlacement,
 ) -> Result<()> {
-    let DeviceEvent::SessionEnded {
-        session_id,
-        duration_ms,
-        strokes,
-        motor_seconds,
-        max_depth_mm,
-    } = &record.event
+    let DeviceEvent::SessionEnded { session_id, duration_ms, strokes, motor_seconds, max_depth_mm } = &record.event
     else {
         return Ok(());
     };
@@ -443,10 +407,7 @@ async fn record_session_end(
     Ok(())
 }
 
-async fn cartridge_uses(
-    tx: &mut Transaction<'_, Sqlite>,
-    key: &CartridgeKey,
-) -> Result<Vec<CartridgeUse>> {
+async fn cartridge_uses(tx: &mut Transaction<'_, Sqlite>, key: &CartridgeKey) -> Result<Vec<CartridgeUse>> {
     let rows = sqlx::query(
         "SELECT pen_serial, session_id, started_ms, start_seq FROM sessions
          WHERE cartridge_gtin = ? AND cartridge_serial = ? AND start_seq IS NOT NULL",
@@ -469,11 +430,7 @@ async fn cartridge_uses(
 
 /// The facts of one pen from the last session start before `min_seq` on: enough to re-judge
 /// every session a new fact at `min_seq` or later can affect. Returns whether it is anchored.
-async fn pen_window(
-    tx: &mut Transaction<'_, Sqlite>,
-    pen: &PenSerial,
-    min_seq: u64,
-) -> Result<(Vec<PenFact>, bool)> {
+async fn pen_window(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, min_seq: u64) -> Result<(Vec<PenFact>, bool)> {
     let anchor: Option<i64> = sqlx::query_scalar(
         "SELECT MAX(seq) FROM pen_events WHERE pen_serial = ? AND kind = 'session_started' AND seq < ?",
     )
@@ -495,16 +452,11 @@ async fn pen_window(
         .filter_map(|row| {
             let seq = row.get::<i64, _>(0) as u64;
             let kind: String = row.get(1);
-            let session = || {
-                row.get::<Option<String>, _>(2)
-                    .and_then(|s| SessionId::parse(&s).ok())
-            };
+            let session = || row.get::<Option<String>, _>(2).and_then(|s| SessionId::parse(&s).ok());
             let kind = match kind.as_str() {
                 "session_started" => PenFactKind::SessionStarted(session()?),
                 "session_ended" => PenFactKind::SessionEnded(session()?),
-                _ => PenFactKind::Disinfected {
-                    sheath_changed: row.get::<Option<bool>, _>(3).unwrap_or(false),
-                },
+                _ => PenFactKind::Disinfected { sheath_changed: row.get::<Option<bool>, _>(3).unwrap_or(false) },
             };
             Some(PenFact { seq, kind })
         })
@@ -513,10 +465,7 @@ async fn pen_window(
 }
 
 fn stored_session_ref(pen: String, session_id: String) -> Option<SessionRef> {
-    Some(SessionRef {
-        pen: PenSerial::parse(&pen).ok()?,
-        session_id: SessionId::parse(&session_id).ok()?,
-    })
+    Some(SessionRef { pen: PenSerial::parse(&pen).ok()?, session_id: SessionId::parse(&session_id).ok()? })
 }
 
 /// Makes the recorded violations agree with the judgements: raise what is new, retract what

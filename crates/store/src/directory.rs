@@ -33,23 +33,15 @@ impl PenDirectory {
     }
 
     pub(crate) fn insert(&self, pen: PenSerial, placement: PenPlacement) {
-        self.pens
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(pen, Arc::new(placement));
+        self.pens.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pen, Arc::new(placement));
     }
 
     pub(crate) fn replace_all(&self, pens: HashMap<PenSerial, Arc<PenPlacement>>) {
-        *self
-            .pens
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = pens;
+        *self.pens.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = pens;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PenSerial, Arc<PenPlacement>>> {
         // A panic elsewhere while holding the lock leaves the map consistent (single inserts).
-        self.pens
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pens.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -53,12 +53,7 @@ fn pen_row(row: &sqlx::sqlite::SqliteRow) -> PenRow {
 
 impl Store {
     /// Creates a chain, or renames it if it exists (registration is idempotent).
-    pub async fn register_chain(
-        &self,
-        chain: &ChainId,
-        name: &str,
-        now_ms: i64,
-    ) -> Result<ChainRow> {
+    pub async fn register_chain(&self, chain: &ChainId, name: &str, now_ms: i64) -> Result<ChainRow> {
         sqlx::query(
             "INSERT INTO chains (chain_id, name, created_ms) VALUES (?, ?, ?)
              ON CONFLICT (chain_id) DO UPDATE SET name = excluded.name",
@@ -68,10 +63,7 @@ impl Store {
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
-        Ok(ChainRow {
-            chain_id: chain.to_string(),
-            name: name.to_owned(),
-        })
+        Ok(ChainRow { chain_id: chain.to_string(), name: name.to_owned() })
     }
 
     /// Creates a clinic in an existing chain, or updates it.
@@ -101,11 +93,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         self.reload_directory().await?;
-        Ok(ClinicRow {
-            clinic_id: clinic.to_string(),
-            chain_id: chain.to_string(),
-            name: name.to_owned(),
-        })
+        Ok(ClinicRow { clinic_id: clinic.to_string(), chain_id: chain.to_string(), name: name.to_owned() })
     }
 
     /// Registers a pen (or re-assigns it) to a clinic; `clinic` may be `None` for stock pens.
@@ -138,24 +126,16 @@ impl Store {
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
-        let chain = chain
-            .map(|c| ChainId::parse(&c))
-            .transpose()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let chain = chain.map(|c| ChainId::parse(&c)).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
         let row = self.pen(pen).await?;
-        self.directory.insert(
-            pen.clone(),
-            PenPlacement {
-                clinic: clinic.cloned(),
-                chain,
-                model: row.model.clone(),
-            },
-        );
+        self.directory.insert(pen.clone(), PenPlacement { clinic: clinic.cloned(), chain, model: row.model.clone() });
         Ok(row)
     }
 
     pub async fn pen(&self, pen: &PenSerial) -> Result<PenRow> {
-        let sql = format!("SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE p.pen_serial = ?");
+        let sql = format!(
+            "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE p.pen_serial = ?"
+        );
         let row = sqlx::query(&sql)
             .bind(pen.as_str())
             .fetch_optional(&self.pool)
@@ -165,24 +145,14 @@ impl Store {
     }
 
     /// Pens, optionally only those of one clinic and/or chain, by serial.
-    pub async fn list_pens(
-        &self,
-        clinic: Option<&ClinicId>,
-        chain: Option<&ChainId>,
-    ) -> Result<Vec<PenRow>> {
+    pub async fn list_pens(&self, clinic: Option<&ClinicId>, chain: Option<&ChainId>) -> Result<Vec<PenRow>> {
         let sql = format!(
             "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id
              WHERE (? IS NULL OR p.clinic_id = ?) AND (? IS NULL OR c.chain_id = ?) ORDER BY p.pen_serial"
         );
         let clinic = clinic.map(ClinicId::as_str);
         let chain = chain.map(ChainId::as_str);
-        let rows = sqlx::query(&sql)
-            .bind(clinic)
-            .bind(clinic)
-            .bind(chain)
-            .bind(chain)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&sql).bind(clinic).bind(clinic).bind(chain).bind(chain).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(pen_row).collect())
     }
 
@@ -205,14 +175,7 @@ impl Store {
                 tracing::warn!(pen = %serial, "pen row with invalid identifiers left out of the directory");
                 continue;
             };
-            pens.insert(
-                serial,
-                Arc::new(PenPlacement {
-                    clinic,
-                    chain,
-                    model: row.get(3),
-                }),
-            );
+            pens.insert(serial, Arc::new(PenPlacement { clinic, chain, model: row.get(3) }));
         }
         self.directory.replace_all(pens);
         Ok(())
@@ -232,39 +195,21 @@ mod tests {
         let clinic = ClinicId::parse("clinic-1").unwrap();
         let pen = PenSerial::parse("PW-1").unwrap();
         store.register_chain(&chain, "Chain A", 1).await.unwrap();
-        store
-            .register_clinic(&clinic, &chain, "Clinic 1", 1)
-            .await
-            .unwrap();
-        let row = store
-            .register_pen(&pen, Some(&clinic), "SP-2", 1)
-            .await
-            .unwrap();
+        store.register_clinic(&clinic, &chain, "Clinic 1", 1).await.unwrap();
+        let row = store.register_pen(&pen, Some(&clinic), "SP-2", 1).await.unwrap();
         assert_eq!(row.chain_id.as_deref(), Some("chain-a"));
         let placement = store.directory().get(&pen).unwrap();
         assert_eq!(placement.clinic, Some(clinic.clone()));
         assert_eq!(placement.chain, Some(chain.clone()));
         assert_eq!(store.list_pens(Some(&clinic), None).await.unwrap().len(), 1);
-        assert_eq!(
-            store
-                .list_pens(None, Some(&ChainId::parse("other").unwrap()))
-                .await
-                .unwrap()
-                .len(),
-            0
-        );
+        assert_eq!(store.list_pens(None, Some(&ChainId::parse("other").unwrap())).await.unwrap().len(), 0);
     }
 
     #[tokio::test]
     async fn clinic_needs_an_existing_chain() {
         let (store, _dir) = temp_store().await;
         let err = store
-            .register_clinic(
-                &ClinicId::parse("c").unwrap(),
-                &ChainId::parse("missing").unwrap(),
-                "x",
-                1,
-            )
+            .register_clinic(&ClinicId::parse("c").unwrap(), &ChainId::parse("missing").unwrap(), "x", 1)
             .await
             .unwrap_err();
         assert!(matches!(err, Error::NotFound(_)));

@@ -9,10 +9,7 @@ mod directory;
 mod fleet;
 mod queries;
 
-pub use batch::{
-    Effects, EndedSession, IngestBatch, PenStateUpdate, QuarantineEntry, RaisedViolation,
-    StatusReport,
-};
+pub use batch::{Effects, EndedSession, IngestBatch, PenStateUpdate, QuarantineEntry, RaisedViolation, StatusReport};
 pub use directory::{PenDirectory, PenPlacement};
 pub use fleet::{ChainRow, ClinicRow, PenRow};
 pub use queries::{CartridgeView, PenSterilityView, SessionView, ViolationFilter, ViolationRow};
@@ -60,10 +57,7 @@ impl Store {
         if !url.starts_with("sqlite:") {
             return Err(Error::UnsupportedUrl(url.to_owned()));
         }
-        let open_error = |source| Error::Open {
-            url: url.to_owned(),
-            source,
-        };
+        let open_error = |source| Error::Open { url: url.to_owned(), source };
         let options = SqliteConnectOptions::from_str(url)
             .map_err(open_error)?
             .create_if_missing(true)
@@ -73,11 +67,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let directory = PenDirectory::default();
         let store = Store { pool, directory };

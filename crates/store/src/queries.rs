@@ -138,17 +138,14 @@ impl Store {
             let end_seq: Option<i64> = session.get(2);
             view.last_session_ended_ms = session.get(3);
             match end_seq {
-                None => view
-                    .reasons
-                    .push(format!("session {session_id} has not ended")),
+                None => view.reasons.push(format!("session {session_id} has not ended")),
                 Some(end_seq) => {
-                    let clean_since_end = last_disinfection.as_ref().is_some_and(|r| {
-                        r.get::<i64, _>(0) > end_seq && view.last_disinfection_changed_sheath
-                    });
+                    let clean_since_end = last_disinfection
+                        .as_ref()
+                        .is_some_and(|r| r.get::<i64, _>(0) > end_seq && view.last_disinfection_changed_sheath);
                     if !clean_since_end {
-                        view.reasons.push(format!(
-                            "no disinfection with sheath change since session {session_id} ended"
-                        ));
+                        view.reasons
+                            .push(format!("no disinfection with sheath change since session {session_id} ended"));
                     }
                 }
             }
@@ -188,9 +185,7 @@ impl Store {
         if let Some(before) = filter.before_id {
             query.push(" AND id < ").push_bind(before);
         }
-        query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit));
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
@@ -215,28 +210,23 @@ impl Store {
 
     /// Quarantined messages counted by reason.
     pub async fn quarantine_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows =
-            sqlx::query("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     /// Sessions with a start, for summaries.
     pub async fn session_count(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE start_seq IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE start_seq IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?)
     }
 }
 
 fn session_view(row: &sqlx::sqlite::SqliteRow) -> SessionView {
-    let violated_rules: Vec<String> = row
-        .get::<Option<String>, _>(14)
-        .map(|rules| rules.split(',').map(str::to_owned).collect())
-        .unwrap_or_default();
+    let violated_rules: Vec<String> =
+        row.get::<Option<String>, _>(14).map(|rules| rules.split(',').map(str::to_owned).collect()).unwrap_or_default();
     let started_ms: Option<i64> = row.get(9);
     let ended_ms: Option<i64> = row.get(10);
     SessionView {
@@ -254,11 +244,7 @@ fn session_view(row: &sqlx::sqlite::SqliteRow) -> SessionView {
         strokes: row.get(11),
         motor_seconds: row.get(12),
         max_depth_mm: row.get(13),
-        verdict: session_verdict(
-            started_ms.is_some(),
-            ended_ms.is_some(),
-            violated_rules.len(),
-        ),
+        verdict: session_verdict(started_ms.is_some(), ended_ms.is_some(), violated_rules.len()),
         violated_rules,
     }
 }

@@ -50,10 +50,7 @@ pub fn judge_disinfection(pen: &PenSerial, facts: &[PenFact], anchored: bool) ->
                     };
                     judgements.push(Judgement {
                         rule: Rule::PenNotDisinfected,
-                        session: SessionRef {
-                            pen: pen.clone(),
-                            session_id: session_id.clone(),
-                        },
+                        session: SessionRef { pen: pen.clone(), session_id: session_id.clone() },
                         explanation,
                     });
                 }
@@ -62,9 +59,7 @@ pub fn judge_disinfection(pen: &PenSerial, facts: &[PenFact], anchored: bool) ->
             }
             // Wiping a pen while it treats does not count: only after the session ends.
             PenFactKind::SessionEnded(_) => disinfected_since_previous = false,
-            PenFactKind::Disinfected { sheath_changed } => {
-                disinfected_since_previous |= *sheath_changed
-            }
+            PenFactKind::Disinfected { sheath_changed } => disinfected_since_previous |= *sheath_changed,
         }
     }
     judgements
@@ -80,22 +75,13 @@ mod tests {
     }
 
     fn start(seq: u64, id: &str) -> PenFact {
-        PenFact {
-            seq,
-            kind: PenFactKind::SessionStarted(session(id)),
-        }
+        PenFact { seq, kind: PenFactKind::SessionStarted(session(id)) }
     }
     fn end(seq: u64, id: &str) -> PenFact {
-        PenFact {
-            seq,
-            kind: PenFactKind::SessionEnded(session(id)),
-        }
+        PenFact { seq, kind: PenFactKind::SessionEnded(session(id)) }
     }
     fn wipe(seq: u64, sheath_changed: bool) -> PenFact {
-        PenFact {
-            seq,
-            kind: PenFactKind::Disinfected { sheath_changed },
-        }
+        PenFact { seq, kind: PenFactKind::Disinfected { sheath_changed } }
     }
 
     fn violating(facts: &[PenFact], anchored: bool) -> Vec<String> {
@@ -115,38 +101,21 @@ mod tests {
 
     #[test]
     fn missing_or_sheathless_disinfection_violates() {
-        assert_eq!(
-            violating(&[start(1, "a"), end(2, "a"), start(3, "b")], false),
-            ["b"]
-        );
-        assert_eq!(
-            violating(
-                &[start(1, "a"), end(2, "a"), wipe(3, false), start(4, "b")],
-                false
-            ),
-            ["b"]
-        );
+        assert_eq!(violating(&[start(1, "a"), end(2, "a"), start(3, "b")], false), ["b"]);
+        assert_eq!(violating(&[start(1, "a"), end(2, "a"), wipe(3, false), start(4, "b")], false), ["b"]);
     }
 
     #[test]
     fn wiping_during_a_session_does_not_count() {
-        assert_eq!(
-            violating(
-                &[start(1, "a"), wipe(2, true), end(3, "a"), start(4, "b")],
-                false
-            ),
-            ["b"]
-        );
+        assert_eq!(violating(&[start(1, "a"), wipe(2, true), end(3, "a"), start(4, "b")], false), ["b"]);
     }
 
     #[test]
     fn the_anchor_is_not_judged_again() {
         let facts = [start(10, "anchor"), end(11, "anchor"), start(12, "next")];
         let pen = PenSerial::parse("P1").unwrap();
-        let judged: Vec<_> = judge_disinfection(&pen, &facts, true)
-            .into_iter()
-            .map(|j| j.session.session_id.to_string())
-            .collect();
+        let judged: Vec<_> =
+            judge_disinfection(&pen, &facts, true).into_iter().map(|j| j.session.session_id.to_string()).collect();
         assert_eq!(judged, ["next"]);
     }
 

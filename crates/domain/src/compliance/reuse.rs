@@ -14,11 +14,7 @@ pub struct CartridgeUse {
 impl CartridgeUse {
     /// Device time decides; pen serial and sequence only break exact ties, deterministically.
     fn order_key(&self) -> (i64, &str, u64) {
-        (
-            self.started_unix_ms,
-            self.session.pen.as_str(),
-            self.start_seq,
-        )
+        (self.started_unix_ms, self.session.pen.as_str(), self.start_seq)
     }
 }
 
@@ -54,10 +50,7 @@ mod tests {
 
     fn usage(pen: &str, session: &str, started: i64) -> CartridgeUse {
         CartridgeUse {
-            session: SessionRef {
-                pen: PenSerial::parse(pen).unwrap(),
-                session_id: SessionId::parse(session).unwrap(),
-            },
+            session: SessionRef { pen: PenSerial::parse(pen).unwrap(), session_id: SessionId::parse(session).unwrap() },
             started_unix_ms: started,
             start_seq: 1,
         }
@@ -72,13 +65,9 @@ mod tests {
 
     #[test]
     fn later_uses_violate_even_when_they_arrive_first() {
-        let judgements =
-            judge_cartridge_reuse(&[usage("P2", "late", 500), usage("P1", "early", 100)]);
-        let violating: Vec<_> = judgements
-            .iter()
-            .filter(|j| j.is_violation())
-            .map(|j| j.session.session_id.as_str())
-            .collect();
+        let judgements = judge_cartridge_reuse(&[usage("P2", "late", 500), usage("P1", "early", 100)]);
+        let violating: Vec<_> =
+            judgements.iter().filter(|j| j.is_violation()).map(|j| j.session.session_id.as_str()).collect();
         assert_eq!(violating, vec!["late"]);
     }
 

@@ -1,1 +1,71 @@
+//! The gRPC API: ComplianceService and FleetService, with standard health checking and
+//! server reflection so grpcurl and grpcui work out of the box.
 
+mod compliance;
+mod fleet;
+mod status;
+
+use std::net::SocketAddr;
+
+use penwarden_proto::api::v1::compliance_service_server::ComplianceServiceServer;
+use penwarden_proto::api::v1::fleet_service_server::FleetServiceServer;
+use penwarden_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use compliance::ComplianceApi;
+pub use fleet::FleetApi;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen for gRPC on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A bound gRPC server; `local_addr` tells the port when 0 was asked for.
+pub struct Server {
+    listener: TcpListener,
+    store: Store,
+}
+
+impl Server {
+    pub async fn bind(addr: SocketAddr, store: Store) -> Result<Server, Error> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+        Ok(Server { listener, store })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` turns true; in-flight calls finish first.
+    pub fn spawn(self, mut shutdown: watch::Receiver<bool>) -> Result<JoinHandle<Result<(), Error>>, Error> {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(penwarden_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let compliance = ComplianceServiceServer::new(ComplianceApi::new(self.store.clone()));
+        let fleet = FleetServiceServer::new(FleetApi::new(self.store.clone()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        Ok(tokio::spawn(async move {
+            health_reporter.set_serving::<ComplianceServiceServer<ComplianceApi>>().await;
+            health_reporter.set_serving::<FleetServiceServer<FleetApi>>().await;
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(compliance)
+                .add_service(fleet)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await?;
+            Ok(())
+        }))
+    }
+}

@@ -124,7 +124,10 @@ fn violation_filter(request: &pb::ListViolationsRequest) -> Result<ViolationFilt
 
 #[tonic::async_trait]
 impl ComplianceService for ComplianceApi {
-    async fn get_cartridge(&self, request: Request<pb::GetCartridgeRequest>) -> Result<Response<pb::Cartridge>, Status> {
+    async fn get_cartridge(
+        &self,
+        request: Request<pb::GetCartridgeRequest>,
+    ) -> Result<Response<pb::Cartridge>, Status> {
         let key = cartridge_key(request.get_ref())?;
         let view = self.store.cartridge(&key).await.map_err(from_store)?;
         let status = match view.sessions.iter().filter(|s| s.started_ms.is_some()).count() {
@@ -210,7 +213,8 @@ mod tests {
     fn cartridge_lookup_needs_udi_or_gtin_and_serial() {
         let neither = pb::GetCartridgeRequest::default();
         assert_eq!(cartridge_key(&neither).unwrap_err().code(), tonic::Code::InvalidArgument);
-        let udi = pb::GetCartridgeRequest { udi: "(01)09506000134352(17)271231(10)L(21)S1".into(), ..Default::default() };
+        let udi =
+            pb::GetCartridgeRequest { udi: "(01)09506000134352(17)271231(10)L(21)S1".into(), ..Default::default() };
         assert_eq!(cartridge_key(&udi).unwrap().serial, "S1");
     }
 }

@@ -45,7 +45,10 @@ impl FleetService for FleetApi {
         Ok(Response::new(pb::Chain { chain_id: row.chain_id, name: row.name }))
     }
 
-    async fn register_clinic(&self, request: Request<pb::RegisterClinicRequest>) -> Result<Response<pb::Clinic>, Status> {
+    async fn register_clinic(
+        &self,
+        request: Request<pb::RegisterClinicRequest>,
+    ) -> Result<Response<pb::Clinic>, Status> {
         let request = request.into_inner();
         let clinic = required("clinic_id", &request.clinic_id, ClinicId::parse)?;
         let chain = required("chain_id", &request.chain_id, ChainId::parse)?;

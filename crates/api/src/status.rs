@@ -14,7 +14,11 @@ pub(crate) fn from_store(error: penwarden_store::Error) -> Status {
 }
 
 /// Parses a required typed id from a request field, naming the field in the error.
-pub(crate) fn required<T>(field: &str, value: &str, parse: impl FnOnce(&str) -> Result<T, penwarden_domain::ids::InvalidId>) -> Result<T, Status> {
+pub(crate) fn required<T>(
+    field: &str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, penwarden_domain::ids::InvalidId>,
+) -> Result<T, Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
@@ -22,7 +26,11 @@ pub(crate) fn required<T>(field: &str, value: &str, parse: impl FnOnce(&str) -> 
 }
 
 /// Parses an optional typed id (empty means absent).
-pub(crate) fn optional<T>(field: &str, value: &str, parse: impl FnOnce(&str) -> Result<T, penwarden_domain::ids::InvalidId>) -> Result<Option<T>, Status> {
+pub(crate) fn optional<T>(
+    field: &str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, penwarden_domain::ids::InvalidId>,
+) -> Result<Option<T>, Status> {
     if value.is_empty() {
         Ok(None)
     } else {

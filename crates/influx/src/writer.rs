@@ -178,6 +178,30 @@ impl Writer {
         }
     }
 
+    /// Creates the database on an InfluxDB 1.x server (idempotent there); a no-op for v2,
+    /// where buckets are provisioned by the server's owner.
+    pub async fn ensure_database(&self) -> Result<(), Error> {
+        if self.options.api != Api::V1 {
+            return Ok(());
+        }
+        let url = reqwest::Url::parse(&self.options.url)
+            .and_then(|u| u.join("query"))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let statement = format!("CREATE DATABASE \"{}\"", self.options.database.replace('"', "\\\""));
+        let mut form = vec![("q", statement)];
+        if let Some((user, password)) = self.options.token.split_once(':') {
+            form.push(("u", user.to_owned()));
+            form.push(("p", password.to_owned()));
+        }
+        let unreachable = |reason: String| Error::Unreachable { url: self.options.url.clone(), reason };
+        let response = self.probe.post(url).form(&form).send().await.map_err(|e| unreachable(e.to_string()))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(unreachable(format!("CREATE DATABASE answered {}", response.status())))
+        }
+    }
+
     /// Writes `body` (newline-separated lines), retrying until InfluxDB takes it. Returns
     /// early with [`Error::Interrupted`] only when `shutdown` turns true between attempts.
     pub async fn write(&self, body: &str, shutdown: &mut watch::Receiver<bool>) -> Result<WriteReport, Error> {

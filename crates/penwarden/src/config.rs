@@ -1,0 +1,163 @@
+//! Configuration: defaults, then the TOML file (`--config`), then `PENWARDEN_*` environment
+//! variables. See deploy/penwarden.example.toml for every key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) ingest: penwarden_ingest::Options,
+    pub(crate) influx: penwarden_influx::Options,
+    pub(crate) store: StoreConfig,
+    pub(crate) api: ApiConfig,
+    pub(crate) metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct StoreConfig {
+    /// `sqlite:PATH` (PostgreSQL comes later).
+    pub(crate) url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ApiConfig {
+    pub(crate) grpc_addr: SocketAddr,
+    /// How long shutdown may take before in-flight work is abandoned (it stays unacked).
+    pub(crate) shutdown_deadline_s: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MetricsConfig {
+    pub(crate) addr: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ingest: penwarden_ingest::Options::default(),
+            influx: penwarden_influx::Options::default(),
+            store: StoreConfig::default(),
+            api: ApiConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { url: "sqlite:penwarden.db".into() }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)), shutdown_deadline_s: 30 }
+    }
+}
+
+impl Config {
+    pub(crate) fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let mut config = match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        fn parse<T: std::str::FromStr>(name: &str, value: String) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e| format!("{name}={value:?}: {e}"))
+        }
+        if let Some(v) = var("PENWARDEN_MQTT_URL") {
+            self.ingest.mqtt_url = v;
+        }
+        if let Some(v) = var("PENWARDEN_MQTT_CLIENT_ID") {
+            self.ingest.client_id = v;
+        }
+        if let Some(v) = var("PENWARDEN_INFLUX_URL") {
+            self.influx.url = v;
+        }
+        if let Some(v) = var("PENWARDEN_INFLUX_API") {
+            self.influx.api = parse("PENWARDEN_INFLUX_API", v)?;
+        }
+        if let Some(v) = var("PENWARDEN_INFLUX_DB") {
+            self.influx.database = v;
+        }
+        if let Some(v) = var("PENWARDEN_INFLUX_ORG") {
+            self.influx.org = v;
+        }
+        if let Some(v) = var("PENWARDEN_INFLUX_TOKEN") {
+            self.influx.token = v;
+        }
+        if let Some(v) = var("PENWARDEN_INFLUX_GZIP") {
+            self.influx.gzip = parse("PENWARDEN_INFLUX_GZIP", v)?;
+        }
+        if let Some(v) = var("PENWARDEN_DATABASE_URL") {
+            self.store.url = v;
+        }
+        if let Some(v) = var("PENWARDEN_GRPC_ADDR") {
+            self.api.grpc_addr = parse("PENWARDEN_GRPC_ADDR", v)?;
+        }
+        if let Some(v) = var("PENWARDEN_METRICS_ADDR") {
+            self.metrics.addr = Some(parse("PENWARDEN_METRICS_ADDR", v)?);
+        }
+        if let Some(v) = var("PENWARDEN_AUTO_REGISTER_PENS") {
+            self.ingest.auto_register_pens = parse("PENWARDEN_AUTO_REGISTER_PENS", v)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("penwarden-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[influx]\napi = \"v1\"\ndatabase = \"fromfile\"\n[ingest]\nauto_register_pens = true\n")
+            .unwrap();
+        let config = Config::load(Some(&file), env(&[("PENWARDEN_INFLUX_DB", "fromenv")])).unwrap();
+        assert_eq!(config.influx.api, penwarden_influx::Api::V1);
+        assert_eq!(config.influx.database, "fromenv");
+        assert!(config.ingest.auto_register_pens);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Config::load(None, env(&[("PENWARDEN_INFLUX_API", "v3")])).unwrap_err();
+        assert!(err.contains("PENWARDEN_INFLUX_API"), "{err}");
+        let err = Config::load(None, env(&[("PENWARDEN_AUTO_REGISTER_PENS", "yes")])).unwrap_err();
+        assert!(err.contains("PENWARDEN_AUTO_REGISTER_PENS"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let err = toml::from_str::<Config>("[ingest]\nmqtt_ulr = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("mqtt_ulr"));
+    }
+}

@@ -1,0 +1,80 @@
+//! `penwarden serve`: wires the store, the InfluxDB writer, ingest and the API together.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use penwarden_store::Store;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+pub(crate) fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(config_file, |name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let store = Store::connect(&config.store.url).await?;
+    let writer = penwarden_influx::Writer::new(config.influx.clone())?;
+    writer.check().await?;
+    writer.ensure_database().await?;
+    let writer = Arc::new(writer);
+    if let Some(addr) = config.metrics.addr {
+        tracing::warn!(%addr, "the Prometheus endpoint is not implemented yet; metrics.addr is ignored");
+    }
+
+    let api = penwarden_api::Server::bind(config.api.grpc_addr, store.clone()).await?;
+    let grpc_addr = api.local_addr()?;
+    let ingest = penwarden_ingest::Service::connect(config.ingest.clone(), store.clone(), writer).await?;
+    let stats = ingest.stats();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_task = api.spawn(stop_rx.clone())?;
+    let ingest_task = ingest.spawn(stop_rx);
+    tracing::info!(%grpc_addr, mqtt = %config.ingest.mqtt_url, influx = %config.influx.url, store = %config.store.url, "penwarden serving");
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
+    }
+    let _ = stop_tx.send(true);
+    let deadline = Duration::from_secs(config.api.shutdown_deadline_s);
+    let drained = tokio::time::timeout(deadline, async {
+        let ingest = ingest_task.await;
+        let api = api_task.await;
+        (ingest, api)
+    })
+    .await;
+    store.close().await;
+    match drained {
+        Ok((ingest, api)) => {
+            ingest.context("ingest task panicked")??;
+            api.context("API task panicked")??;
+            use penwarden_ingest::Stats;
+            tracing::info!(
+                messages = Stats::get(&stats.messages),
+                samples = Stats::get(&stats.samples),
+                points = Stats::get(&stats.points_written),
+                quarantined = Stats::get(&stats.quarantined),
+                "stopped cleanly"
+            );
+            Ok(())
+        }
+        Err(_) => {
+            anyhow::bail!("shutdown took longer than {} s; unacked messages stay with the broker", deadline.as_secs())
+        }
+    }
+}

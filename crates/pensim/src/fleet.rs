@@ -1,0 +1,378 @@
+//! The simulated fleet: layout, registration, and the pens' sessions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use penwarden_domain::udi::{gtin_check_digit, Date};
+use penwarden_domain::Udi;
+use penwarden_proto::api::v1 as api;
+use penwarden_proto::device::v1 as wire;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::time::Instant;
+
+use crate::Args;
+
+pub(crate) struct Layout {
+    pub(crate) pens: Vec<(String, String)>,
+    pub(crate) clinics: Vec<(String, String)>,
+    pub(crate) chains: Vec<String>,
+}
+
+impl Layout {
+    /// Pens round-robin over clinics, clinics round-robin over chains.
+    pub(crate) fn new(pens: usize, clinics: usize, chains: usize) -> Layout {
+        let chains: Vec<String> = (1..=chains).map(|i| format!("chain-{i}")).collect();
+        let clinics: Vec<(String, String)> =
+            (0..clinics).map(|i| (format!("clinic-{}", i + 1), chains[i % chains.len()].clone())).collect();
+        let pens = (0..pens).map(|i| (format!("PW-{:06}", i + 1), clinics[i % clinics.len()].0.clone())).collect();
+        Layout { pens, clinics, chains }
+    }
+}
+
+pub(crate) async fn register(url: &str, layout: &Layout) -> anyhow::Result<()> {
+    use api::fleet_service_client::FleetServiceClient;
+    let mut client =
+        FleetServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to {url}"))?;
+    for chain in &layout.chains {
+        client
+            .register_chain(api::RegisterChainRequest { chain_id: chain.clone(), name: format!("Chain {chain}") })
+            .await?;
+    }
+    for (clinic, chain) in &layout.clinics {
+        let request = api::RegisterClinicRequest {
+            clinic_id: clinic.clone(),
+            chain_id: chain.clone(),
+            name: format!("Clinic {clinic}"),
+        };
+        client.register_clinic(request).await?;
+    }
+    for (pen, clinic) in &layout.pens {
+        let request =
+            api::RegisterPenRequest { pen_serial: pen.clone(), clinic_id: clinic.clone(), model: MODEL.into() };
+        client.register_pen(request).await?;
+    }
+    Ok(())
+}
+
+const MODEL: &str = "SP-2";
+const FIRMWARE: &str = "2.4.1";
+/// A GTIN-13 body for the demo manufacturer's cartridges; the check digit is computed.
+const GTIN_BODY: &[u8; 13] = b"0950600013435";
+
+#[derive(Default)]
+struct Counters {
+    messages: AtomicU64,
+    qos1_messages: AtomicU64,
+    telemetry_messages: AtomicU64,
+    event_messages: AtomicU64,
+    samples: AtomicU64,
+    sessions: AtomicU64,
+    injected_reuse: AtomicU64,
+    injected_no_disinfect: AtomicU64,
+}
+
+pub(crate) struct Simulation {
+    args: Args,
+    layout: Layout,
+    client: AsyncClient,
+    eventloop: tokio::task::JoinHandle<()>,
+    acked: Arc<AtomicU64>,
+    min_session: Duration,
+    max_session: Duration,
+}
+
+struct Shared {
+    args: Args,
+    client: AsyncClient,
+    counters: Counters,
+    /// UDIs of cartridges already used in a started session (candidates for injected reuse).
+    used_cartridges: Mutex<Vec<String>>,
+    qos: QoS,
+}
+
+impl Simulation {
+    pub(crate) async fn connect(
+        args: &Args,
+        layout: Layout,
+        min_session: Duration,
+        max_session: Duration,
+    ) -> anyhow::Result<Simulation> {
+        let rest = args.mqtt_url.strip_prefix("mqtt://").context("--mqtt-url must start with mqtt://")?;
+        let (host, port) = rest.rsplit_once(':').map_or(Ok((rest, 1883)), |(h, p)| p.parse().map(|p| (h, p)))?;
+        let mut options = MqttOptions::new(format!("pensim-{}-{}", args.seed, std::process::id()), host, port);
+        options.set_keep_alive(Duration::from_secs(30)).set_inflight(200).set_request_channel_capacity(10_000);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let acked = Arc::new(AtomicU64::new(0));
+        // The first CONNACK proves the broker is there before any pen starts.
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
+            Ok(Ok(other)) => anyhow::bail!("unexpected first MQTT packet {other:?}"),
+            Ok(Err(e)) => anyhow::bail!("cannot connect to {}: {e}", args.mqtt_url),
+            Err(_) => anyhow::bail!("no CONNACK from {} within 10 s", args.mqtt_url),
+        }
+        let acked_counter = acked.clone();
+        let eventloop = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked_counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("pensim: MQTT connection error: {e}; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(Simulation { args: args.clone(), layout, client, eventloop, acked, min_session, max_session })
+    }
+
+    pub(crate) async fn run(self) -> anyhow::Result<serde_json::Value> {
+        let started = Instant::now();
+        let qos = if self.args.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        let shared = Arc::new(Shared {
+            args: self.args.clone(),
+            client: self.client.clone(),
+            counters: Counters::default(),
+            used_cartridges: Mutex::new(Vec::new()),
+            qos,
+        });
+        let deadline = started + Duration::from_secs(self.args.duration);
+        let mut pens = Vec::new();
+        for (index, (serial, _clinic)) in self.layout.pens.iter().enumerate() {
+            let shared = shared.clone();
+            let serial = serial.clone();
+            let rng = StdRng::seed_from_u64(self.args.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
+            let (min, max) = (self.min_session, self.max_session);
+            pens.push(tokio::spawn(async move { run_pen(shared, serial, rng, deadline, min, max).await }));
+        }
+        for pen in pens {
+            pen.await.context("a pen task panicked")??;
+        }
+        // Wait until the broker has acknowledged every QoS 1 publish.
+        let published = shared.counters.qos1_messages.load(Ordering::Relaxed);
+        {
+            let wait = tokio::time::timeout(Duration::from_secs(60), async {
+                while self.acked.load(Ordering::Relaxed) < published {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            wait.await.context("the broker did not acknowledge every message within 60 s")?;
+        }
+        self.client.disconnect().await.context("disconnecting")?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.eventloop).await;
+
+        let c = &shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Ok(serde_json::json!({
+            "pens": self.layout.pens.len(),
+            "clinics": self.layout.clinics.len(),
+            "chains": self.layout.chains.len(),
+            "messages": get(&c.messages),
+            "telemetry_messages": get(&c.telemetry_messages),
+            "event_messages": get(&c.event_messages),
+            "samples": get(&c.samples),
+            "sessions": get(&c.sessions),
+            "violations_injected": {
+                "CARTRIDGE_REUSE": get(&c.injected_reuse),
+                "PEN_NOT_DISINFECTED": get(&c.injected_no_disinfect),
+            },
+            "elapsed_s": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        }))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Shared {
+    fn topic(&self, pen: &str, channel: &str) -> String {
+        format!("{}/pens/{pen}/{channel}", self.args.topic_root)
+    }
+
+    fn encode<M: prost::Message + serde::Serialize>(&self, message: &M) -> Vec<u8> {
+        if self.args.json {
+            serde_json::to_vec(message).unwrap_or_default()
+        } else {
+            message.encode_to_vec()
+        }
+    }
+
+    async fn publish(&self, topic: String, payload: Vec<u8>, qos: QoS, retain: bool) -> anyhow::Result<()> {
+        self.client.publish(topic, qos, retain, payload).await.context("queueing a publish")?;
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        if qos == QoS::AtLeastOnce {
+            self.counters.qos1_messages.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn event(&self, pen: &str, seq: &mut u64, kind: wire::pen_event::Kind) -> anyhow::Result<()> {
+        *seq += 1;
+        let event = wire::PenEvent {
+            schema_version: 1,
+            pen_serial: pen.into(),
+            seq: *seq,
+            time_unix_ms: now_ms(),
+            kind: Some(kind),
+        };
+        // Events are QoS 1 by protocol, whatever --qos says for telemetry.
+        self.publish(self.topic(pen, "events"), self.encode(&event), QoS::AtLeastOnce, false).await?;
+        self.counters.event_messages.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn state(&self, pen: &str, seq: u64, online: bool) -> anyhow::Result<()> {
+        let state = wire::PenState {
+            schema_version: 1,
+            pen_serial: pen.into(),
+            seq,
+            time_unix_ms: now_ms(),
+            online,
+            firmware: FIRMWARE.into(),
+            model: MODEL.into(),
+        };
+        self.publish(self.topic(pen, "state"), self.encode(&state), self.qos, true).await
+    }
+}
+
+fn new_udi(pen: &str, number: u64) -> String {
+    let check = gtin_check_digit(GTIN_BODY);
+    let gtin = format!("{}{check}", std::str::from_utf8(GTIN_BODY).unwrap_or_default());
+    Udi {
+        gtin,
+        expiry: Date { year: 2030, month: 12, day: 31 },
+        lot: format!("LOT{}", number % 7 + 1),
+        serial: format!("{pen}-{number}"),
+    }
+    .to_human_readable()
+}
+
+async fn run_pen(
+    shared: Arc<Shared>,
+    pen: String,
+    mut rng: StdRng,
+    deadline: Instant,
+    min_session: Duration,
+    max_session: Duration,
+) -> anyhow::Result<()> {
+    use wire::pen_event::Kind;
+    let injection = shared.args.inject.clone();
+    let mut seq = 0u64;
+    shared.state(&pen, seq, true).await?;
+    let mut battery = 100.0_f64;
+    let mut motor_seconds_total = rng.gen_range(0.0..3_600_000.0_f64);
+    let mut sessions = 0u64;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
+        let skip_disinfection = sessions > 0 && rng.gen_bool(injection.no_disinfect);
+        let reused = if rng.gen_bool(injection.reuse) {
+            let used = shared.used_cartridges.lock().unwrap_or_else(|p| p.into_inner());
+            (!used.is_empty()).then(|| used[rng.gen_range(0..used.len())].clone())
+        } else {
+            None
+        };
+        let is_reuse = reused.is_some();
+        let udi = reused.unwrap_or_else(|| new_udi(&pen, sessions + 1));
+        let session_id = format!("{pen}-s{}", sessions + 1);
+
+        shared
+            .event(
+                &pen,
+                &mut seq,
+                Kind::CartridgeAttached(wire::CartridgeAttached {
+                    cartridge_udi: udi.clone(),
+                    cartridge_signature: vec![],
+                }),
+            )
+            .await?;
+        if !skip_disinfection {
+            let method = wire::DisinfectionMethod::AlcoholWipe as i32;
+            shared
+                .event(&pen, &mut seq, Kind::PenDisinfected(wire::PenDisinfected { method, sheath_changed: true }))
+                .await?;
+        }
+        let depth = f64::from(rng.gen_range(2..=6u32)) * 0.25;
+        let area =
+            [wire::TreatmentArea::Forehead, wire::TreatmentArea::Cheek, wire::TreatmentArea::Neck][rng.gen_range(0..3)];
+        let start = wire::SessionStarted {
+            session_id: session_id.clone(),
+            cartridge_udi: udi.clone(),
+            cartridge_signature: vec![],
+            operator_id: format!("op-{}", rng.gen_range(1..=5)),
+            area: area as i32,
+            depth_setting_mm: depth,
+            client_ref_hash: String::new(),
+        };
+        shared.event(&pen, &mut seq, Kind::SessionStarted(start)).await?;
+        let started_ms = now_ms();
+        shared.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        if is_reuse {
+            shared.counters.injected_reuse.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.used_cartridges.lock().unwrap_or_else(|p| p.into_inner()).push(udi.clone());
+        }
+        if skip_disinfection {
+            shared.counters.injected_no_disinfect.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let total_samples =
+            (rng.gen_range(min_session.as_secs_f64()..=max_session.as_secs_f64()) * 10.0).round() as i64;
+        let mut sent = 0i64;
+        let mut max_depth = 0.0_f64;
+        while sent < total_samples {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let count = (total_samples - sent).min(10);
+            let samples: Vec<wire::Sample> = (sent..sent + count)
+                .map(|k| {
+                    let sample_depth = depth;
+                    max_depth = max_depth.max(sample_depth);
+                    battery = (battery - 0.002).max(5.0);
+                    wire::Sample {
+                        time_unix_ms: started_ms + k * 100,
+                        depth_mm: sample_depth,
+                        speed_rpm: 7000.0 + rng.gen_range(-150.0..150.0),
+                        motor_current_ma: 320.0 + rng.gen_range(-20.0..20.0),
+                        temperature_c: 31.0 + rng.gen_range(0.0..2.0),
+                        battery_pct: battery,
+                    }
+                })
+                .collect();
+            sent += count;
+            seq += 1;
+            let batch = wire::TelemetryBatch {
+                schema_version: 1,
+                pen_serial: pen.clone(),
+                seq,
+                session_id: session_id.clone(),
+                samples,
+            };
+            shared.publish(shared.topic(&pen, "telemetry"), shared.encode(&batch), shared.qos, false).await?;
+            shared.counters.telemetry_messages.fetch_add(1, Ordering::Relaxed);
+            shared.counters.samples.fetch_add(count as u64, Ordering::Relaxed);
+        }
+        let motor_seconds = total_samples as f64 / 10.0;
+        motor_seconds_total += motor_seconds;
+        let end = wire::SessionEnded {
+            session_id,
+            duration_ms: (now_ms() - started_ms).max(0) as u64,
+            strokes: (motor_seconds * 120.0) as u64,
+            motor_seconds,
+            max_depth_mm: max_depth,
+        };
+        shared.event(&pen, &mut seq, Kind::SessionEnded(end)).await?;
+        shared.event(&pen, &mut seq, Kind::CartridgeDetached(wire::CartridgeDetached { cartridge_udi: udi })).await?;
+        let status =
+            wire::Status { battery_pct: battery, firmware: FIRMWARE.into(), motor_hours: motor_seconds_total / 3600.0 };
+        shared.event(&pen, &mut seq, Kind::Status(status)).await?;
+        sessions += 1;
+    }
+    shared.state(&pen, seq, false).await
+}

@@ -1,1 +1,304 @@
+//! Test harness: real servers as child processes on free loopback ports, with temporary data
+//! directories, killed on drop. Never the machine's shared instances.
+//!
+//! The penwarden and pensim binaries must be built first (`cargo build --workspace --bins`,
+//! part of the README's test command); they are found beside the test executable.
 
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port the OS considers free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+/// The directory holding the workspace's built binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/e2e-HASH -> target/debug
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", path.display());
+    path
+}
+
+fn require(program: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+        let path = Path::new(dir).join(program);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("{program} is not installed: run the README's setup (apt-get install mosquitto influxdb victoria-metrics)")
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command) -> Process {
+        let child = command.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Process { name: name.to_owned(), child: Some(child) }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let status = Command::new("kill").arg("-TERM").arg(self.id().to_string()).status().expect("kill");
+        assert!(status.success(), "could not signal {}", self.name);
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?} after SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn http_ok(url: &str) -> bool {
+    match reqwest::get(url).await {
+        Ok(response) => response.status().is_success(),
+        Err(_) => false,
+    }
+}
+
+pub struct Mosquitto {
+    pub port: u16,
+    _process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub async fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("mosquitto.conf");
+        // Persistence and unlimited queues: a persistent session must keep every message.
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 0\nmax_inflight_messages 1000\nlog_type error\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let process = Process::spawn("mosquitto", Command::new(require("mosquitto")).arg("-c").arg(&config));
+        wait_for("mosquitto to listen", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+        Mosquitto { port, _process: process, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// InfluxDB 1.x (`influxd`), for the v1 write API and InfluxQL.
+pub struct Influxd {
+    pub port: u16,
+    _process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Influxd {
+    pub async fn start() -> Influxd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, rpc_port) = (free_port(), free_port());
+        let d = dir.path().display();
+        let config = dir.path().join("influxdb.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n\
+                 [meta]\n  dir = \"{d}/meta\"\n\
+                 [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
+                 [retention]\n  enabled = false\n[monitor]\n  store-enabled = false\n\
+                 [http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n\
+                 [continuous_queries]\n  enabled = false\n"
+            ),
+        )
+        .expect("write influxdb.conf");
+        let process = Process::spawn(
+            "influxd",
+            Command::new(require("influxd")).arg("run").arg("-config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        );
+        let ping = format!("http://127.0.0.1:{port}/ping");
+        wait_for("influxd to answer /ping", Duration::from_secs(30), || {
+            let ping = ping.clone();
+            async move { http_ok(&ping).await.then_some(()) }
+        })
+        .await;
+        Influxd { port, _process: process, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs an InfluxQL query and returns the first value of the first series, if any.
+    pub async fn query_scalar(&self, database: &str, influxql: &str) -> Option<serde_json::Value> {
+        let client = reqwest::Client::new();
+        let response = client
+            .get(format!("{}/query", self.url()))
+            .query(&[("db", database), ("q", influxql)])
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
+        body["results"][0]["series"][0]["values"][0][1].as_f64().map(serde_json::Value::from)
+    }
+}
+
+/// VictoriaMetrics, which implements the InfluxDB v2 write API.
+pub struct Victoria {
+    pub port: u16,
+    _process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Victoria {
+    pub async fn start() -> Victoria {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let process = Process::spawn(
+            "victoria-metrics",
+            Command::new(require("victoria-metrics"))
+                .arg(format!("-storageDataPath={}", dir.path().display()))
+                .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+                // Redelivered messages rewrite identical samples; keep one per series and time.
+                .arg("-dedup.minScrapeInterval=1ms")
+                .arg("-retentionPeriod=100y")
+                .arg("-loggerLevel=ERROR")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let health = format!("http://127.0.0.1:{port}/health");
+        wait_for("victoria-metrics to answer /health", Duration::from_secs(30), || {
+            let health = health.clone();
+            async move { http_ok(&health).await.then_some(()) }
+        })
+        .await;
+        Victoria { port, _process: process, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Counts the raw samples of a metric, after making recent writes searchable.
+    pub async fn count_samples(&self, metric: &str) -> usize {
+        let client = reqwest::Client::new();
+        let _ = client.get(format!("{}/internal/force_flush", self.url())).send().await;
+        let Ok(response) = client
+            .get(format!("{}/api/v1/export", self.url()))
+            .query(&[("match[]", metric), ("start", "0")])
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|series| series["timestamps"].as_array().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
+/// A running `penwarden serve`.
+pub struct Penwarden {
+    pub grpc_addr: SocketAddr,
+    pub process: Process,
+    pub dir: tempfile::TempDir,
+}
+
+impl Penwarden {
+    /// Starts penwarden with the given extra environment and waits for gRPC to answer.
+    pub async fn start(mqtt_url: &str, env: &[(&str, String)]) -> Penwarden {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut command = Command::new(binary("penwarden"));
+        command
+            .arg("serve")
+            .env("PENWARDEN_MQTT_URL", mqtt_url)
+            .env("PENWARDEN_MQTT_CLIENT_ID", format!("penwarden-test-{}", grpc_addr.port()))
+            .env("PENWARDEN_DATABASE_URL", format!("sqlite:{}", dir.path().join("penwarden.db").display()))
+            .env("PENWARDEN_GRPC_ADDR", grpc_addr.to_string())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut process = Process::spawn("penwarden", &mut command);
+        let endpoint = format!("http://{grpc_addr}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(process.is_running(), "penwarden exited during start");
+            if tonic::transport::Endpoint::from_shared(endpoint.clone()).expect("endpoint").connect().await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "penwarden did not open gRPC within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Penwarden { grpc_addr, process, dir }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+}
+
+/// Runs pensim to completion and returns its JSON summary.
+pub async fn run_pensim(args: &[String]) -> serde_json::Value {
+    let output = tokio::process::Command::new(binary("pensim")).args(args).output().await.expect("run pensim");
+    assert!(output.status.success(), "pensim failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().expect("pensim printed nothing");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("pensim summary {last:?}: {e}"))
+}

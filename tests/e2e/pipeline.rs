@@ -1,0 +1,141 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use penwarden_proto::api::v1 as api;
+use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
+use penwarden_tests::{run_pensim, wait_for, Influxd, Mosquitto, Penwarden, Victoria};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Every active violation, all pages, counted by rule; asserts each carries its context.
+async fn violations_by_rule(endpoint: &str, expect_placement: bool) -> BTreeMap<String, u64> {
+    let mut client = ComplianceServiceClient::connect(endpoint.to_owned()).await.expect("connect");
+    let mut counts = BTreeMap::new();
+    let mut page_token = String::new();
+    loop {
+        let request = api::ListViolationsRequest { page_size: 7, page_token: page_token.clone(), ..Default::default() };
+        let page = client.list_violations(request).await.expect("ListViolations").into_inner();
+        for violation in &page.violations {
+            assert!(!violation.severity.is_empty() && !violation.explanation.is_empty(), "{violation:?}");
+            assert!(!violation.pen_serial.is_empty() && !violation.session_id.is_empty(), "{violation:?}");
+            assert!(!violation.cartridge_serial.is_empty() && violation.device_time_unix_ms > 0, "{violation:?}");
+            if expect_placement {
+                assert!(!violation.clinic_id.is_empty() && !violation.chain_id.is_empty(), "{violation:?}");
+            }
+            *counts.entry(violation.rule.clone()).or_insert(0) += 1;
+        }
+        if page.next_page_token.is_empty() {
+            return counts;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+fn injected(summary: &serde_json::Value) -> BTreeMap<String, u64> {
+    summary["violations_injected"]
+        .as_object()
+        .expect("violations_injected")
+        .iter()
+        .map(|(rule, count)| (rule.clone(), count.as_u64().expect("count")))
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
+fn pensim_args(mosquitto: &Mosquitto, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--mqtt-url", &mosquitto.url(), "--pens", "8", "--clinics", "4", "--chains", "2", "--duration", "8",
+        "--session-secs", "1..2", "--inject", "reuse=0.25,no-disinfect=0.3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let mut penwarden = Penwarden::start(
+        &mosquitto.url(),
+        &[
+            ("PENWARDEN_INFLUX_URL", influxd.url()),
+            ("PENWARDEN_INFLUX_API", "v1".into()),
+            ("PENWARDEN_INFLUX_DB", "penwarden".into()),
+            ("PENWARDEN_AUTO_REGISTER_PENS", "false".into()),
+        ],
+    )
+    .await;
+
+    let summary = run_pensim(&pensim_args(&mosquitto, &["--seed", "7", "--grpc-url", &penwarden.endpoint()])).await;
+    let samples = summary["samples"].as_u64().expect("samples");
+    let expected = injected(&summary);
+    assert!(samples > 0 && summary["sessions"].as_u64() > Some(8), "{summary}");
+    assert!(expected.get("CARTRIDGE_REUSE") > Some(&0) && expected.get("PEN_NOT_DISINFECTED") > Some(&0), "{summary}");
+
+    let query = "SELECT count(depth_mm) FROM pen_telemetry";
+    let landed = wait_for("every sample in InfluxDB", SETTLE, || async {
+        let count = influxd.query_scalar("penwarden", query).await?.as_u64()?;
+        (count >= samples).then_some(count)
+    })
+    .await;
+    assert_eq!(landed, samples, "InfluxDB holds each sample exactly once");
+
+    let sessions = summary["sessions"].as_u64().unwrap();
+    let session_points = wait_for("a point per session", SETTLE, || async {
+        let count = influxd.query_scalar("penwarden", "SELECT count(strokes) FROM pen_session").await?.as_u64()?;
+        (count >= sessions).then_some(count)
+    })
+    .await;
+    assert_eq!(session_points, sessions);
+
+    let found = wait_for("the injected violations", SETTLE, || async {
+        let found = violations_by_rule(&penwarden.endpoint(), true).await;
+        (found == expected).then_some(found)
+    })
+    .await;
+    assert_eq!(found, expected, "exactly the injected violations, no more, no fewer");
+
+    let status = penwarden.process.terminate(Duration::from_secs(30));
+    assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_registered_json_fleet_over_v2_lands_exactly_in_victoria_metrics() {
+    let mosquitto = Mosquitto::start().await;
+    let victoria = Victoria::start().await;
+    let mut penwarden = Penwarden::start(
+        &mosquitto.url(),
+        &[
+            ("PENWARDEN_INFLUX_URL", victoria.url()),
+            ("PENWARDEN_INFLUX_API", "v2".into()),
+            ("PENWARDEN_INFLUX_DB", "penwarden".into()),
+            ("PENWARDEN_INFLUX_ORG", "penwarden".into()),
+            ("PENWARDEN_AUTO_REGISTER_PENS", "true".into()),
+        ],
+    )
+    .await;
+
+    let summary = run_pensim(&pensim_args(&mosquitto, &["--seed", "11", "--json"])).await;
+    let samples = summary["samples"].as_u64().expect("samples") as usize;
+    let expected = injected(&summary);
+    assert!(!expected.is_empty(), "{summary}");
+
+    let landed = wait_for("every sample in VictoriaMetrics", SETTLE, || async {
+        let count = victoria.count_samples("pen_telemetry_depth_mm").await;
+        (count >= samples).then_some(count)
+    })
+    .await;
+    assert_eq!(landed, samples, "VictoriaMetrics holds each sample exactly once");
+
+    let found = wait_for("the injected violations", SETTLE, || async {
+        let found = violations_by_rule(&penwarden.endpoint(), false).await;
+        (found == expected).then_some(found)
+    })
+    .await;
+    assert_eq!(found, expected);
+
+    let status = penwarden.process.terminate(Duration::from_secs(30));
+    assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");
+}

@@ -43,8 +43,20 @@ fn injected(summary: &serde_json::Value) -> BTreeMap<String, u64> {
 
 fn pensim_args(mosquitto: &Mosquitto, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
-        "--mqtt-url", &mosquitto.url(), "--pens", "8", "--clinics", "4", "--chains", "2", "--duration", "8",
-        "--session-secs", "1..2", "--inject", "reuse=0.25,no-disinfect=0.3",
+        "--mqtt-url",
+        &mosquitto.url(),
+        "--pens",
+        "8",
+        "--clinics",
+        "4",
+        "--chains",
+        "2",
+        "--duration",
+        "8",
+        "--session-secs",
+        "1..2",
+        "--inject",
+        "reuse=0.25,no-disinfect=0.3",
     ]
     .iter()
     .map(|s| s.to_string())

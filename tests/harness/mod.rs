@@ -167,7 +167,12 @@ impl Influxd {
         .expect("write influxdb.conf");
         let process = Process::spawn(
             "influxd",
-            Command::new(require("influxd")).arg("run").arg("-config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+            Command::new(require("influxd"))
+                .arg("run")
+                .arg("-config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
         );
         let ping = format!("http://127.0.0.1:{port}/ping");
         wait_for("influxd to answer /ping", Duration::from_secs(30), || {
@@ -192,7 +197,8 @@ impl Influxd {
             .await
             .ok()?;
         let body: serde_json::Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
-        body["results"][0]["series"][0]["values"][0][1].as_f64().map(serde_json::Value::from)
+        let value = &body["results"][0]["series"][0]["values"][0][1];
+        (!value.is_null()).then(|| value.clone())
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Config {
     pub(crate) ingest: penwarden_ingest::Options,
@@ -35,18 +35,6 @@ pub(crate) struct ApiConfig {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct MetricsConfig {
     pub(crate) addr: Option<SocketAddr>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            ingest: penwarden_ingest::Options::default(),
-            influx: penwarden_influx::Options::default(),
-            store: StoreConfig::default(),
-            api: ApiConfig::default(),
-            metrics: MetricsConfig::default(),
-        }
-    }
 }
 
 impl Default for StoreConfig {

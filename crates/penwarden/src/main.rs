@@ -1,6 +1,7 @@
 //! The `penwarden` binary: one process, several roles (`serve` runs ingest and API).
 
 mod config;
+mod query;
 mod serve;
 
 use std::path::PathBuf;
@@ -27,12 +28,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Summarise the compliance record of a running penwarden over gRPC.
+    Violations {
+        #[arg(long, env = "PENWARDEN_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+        grpc_url: String,
+        /// Only this rule id, e.g. CARTRIDGE_REUSE.
+        #[arg(long)]
+        rule: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve::run(config.as_deref()),
+        Command::Violations { grpc_url, rule } => query::violations(&grpc_url, rule),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what penwarden's demo and tests need and a fresh Debian/Ubuntu lacks:
+# Mosquitto, InfluxDB 1.x (influxd, v1 write API and InfluxQL) and VictoriaMetrics (InfluxDB v2
+# write API). Only the binaries are used: the tests start their own instances on free ports.
+set -euo pipefail
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
+command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  # policy-rc.d on some images blocks service starts; the services are not needed anyway.
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

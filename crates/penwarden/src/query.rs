@@ -41,7 +41,7 @@ pub(crate) fn violations(grpc_url: &str, rule: Option<String>) -> anyhow::Result
             println!("  {rule:<22} {count}");
         }
         if let Some(violation) = newest {
-            println!("newest (ListViolations page_size=1):");
+            println!("newest violation:");
             println!("{}", serde_json::to_string_pretty(&violation)?);
         }
         Ok(())

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The demo: installs what is missing, starts a private Mosquitto and InfluxDB 1.x on demo ports,
+# runs `penwarden serve` and a simulated fleet (pensim) for about 30 s, then prints a summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo build --workspace --bins
+
+MQTT_PORT=${MQTT_PORT:-18883}
+INFLUX_PORT=${INFLUX_PORT:-18086}
+GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:50051}
+DURATION=${DURATION:-30}
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/mosquitto.conf" <<CONF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location $work/
+max_queued_messages 0
+max_inflight_messages 1000
+CONF
+/usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 & pids+=($!)
+
+cat > "$work/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:$((INFLUX_PORT + 2))"
+[meta]
+  dir = "$work/influx/meta"
+[data]
+  dir = "$work/influx/data"
+  wal-dir = "$work/influx/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  bind-address = "127.0.0.1:$INFLUX_PORT"
+  log-enabled = false
+CONF
+influxd run -config "$work/influxdb.conf" >"$work/influxd.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$INFLUX_PORT/ping" >/dev/null && break; sleep 0.2; done
+
+export PENWARDEN_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
+export PENWARDEN_INFLUX_URL="http://127.0.0.1:$INFLUX_PORT" PENWARDEN_INFLUX_API=v1 PENWARDEN_INFLUX_DB=penwarden
+export PENWARDEN_DATABASE_URL="sqlite:$work/penwarden.db" PENWARDEN_GRPC_ADDR="$GRPC_ADDR"
+export PENWARDEN_AUTO_REGISTER_PENS=true RUST_LOG=${RUST_LOG:-warn}
+target/debug/penwarden serve 2>"$work/penwarden.log" & penwarden_pid=$!; pids+=($penwarden_pid)
+sleep 2
+
+echo "== running a fleet of 20 pens in 6 clinics of 2 chains for ${DURATION} s (pensim) =="
+summary=$(target/debug/pensim --mqtt-url "$PENWARDEN_MQTT_URL" --pens 20 --clinics 6 --chains 2 \
+  --duration "$DURATION" --inject reuse=0.05,no-disinfect=0.05 --seed 42 --grpc-url "http://$GRPC_ADDR")
+echo "pensim: $summary"
+sleep 3
+
+count() {
+  curl -fsG "http://127.0.0.1:$INFLUX_PORT/query" --data-urlencode db=penwarden --data-urlencode "q=$1" |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["results"][0]; print(r["series"][0]["values"][0][1] if "series" in r else 0)'
+}
+echo
+echo "== summary =="
+python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print("sessions: %s   samples sent: %s   injected violations: %s" % (s["sessions"], s["samples"], s["violations_injected"]))' "$summary"
+echo "points in InfluxDB: telemetry $(count 'SELECT count(depth_mm) FROM pen_telemetry'), sessions $(count 'SELECT count(strokes) FROM pen_session'), violations $(count 'SELECT count(active) FROM compliance_violation'), status $(count 'SELECT count(battery_pct) FROM pen_status')"
+echo
+echo "== gRPC: penwarden violations (ListViolations) =="
+target/debug/penwarden violations --grpc-url "http://$GRPC_ADDR"
+
+kill -TERM "$penwarden_pid"; wait "$penwarden_pid" && echo && echo "penwarden stopped cleanly on SIGTERM"

@@ -5,6 +5,7 @@ use penwarden_domain::{
     DeviceEvent, DisinfectionMethod, EventRecord, OperatorId, PenSerial, Sample, SessionId, TreatmentArea,
 };
 use penwarden_proto::device::v1 as wire;
+use penwarden_store::PenStateUpdate;
 use prost::Message;
 
 use crate::topic::{self, Channel};
@@ -39,19 +40,10 @@ pub struct Telemetry {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct State {
-    pub pen: PenSerial,
-    pub device_time_ms: i64,
-    pub online: bool,
-    pub firmware: String,
-    pub model: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     Telemetry(Telemetry),
     Event(EventRecord),
-    State(State),
+    State(PenStateUpdate),
 }
 
 impl Decoded {
@@ -241,7 +233,7 @@ fn validate_state(pen: &PenSerial, state: wire::PenState, now_ms: i64, limits: &
     // The last will is composed at connect time, so its seq is not meaningful: not checked.
     check_header(pen, state.schema_version, &state.pen_serial, None)?;
     check_time(pen, state.time_unix_ms, now_ms, limits)?;
-    Ok(Decoded::State(State {
+    Ok(Decoded::State(PenStateUpdate {
         pen: pen.clone(),
         device_time_ms: state.time_unix_ms,
         online: state.online,

@@ -165,13 +165,7 @@ impl Pipeline {
                     }
                 }
                 Decoded::Event(event) => batch.events.push(event),
-                Decoded::State(state) => batch.states.push(penwarden_store::PenStateUpdate {
-                    pen: state.pen,
-                    device_time_ms: state.device_time_ms,
-                    online: state.online,
-                    firmware: state.firmware,
-                    model: state.model,
-                }),
+                Decoded::State(state) => batch.states.push(state),
             }
         }
         for entry in &batch.quarantine {

@@ -7,10 +7,8 @@ use penwarden_proto::api::v1::compliance_service_server::ComplianceService;
 use penwarden_store::{SessionView, Store, ViolationFilter, ViolationRow};
 use tonic::{Request, Response, Status};
 
+use crate::paging::{finish_page, page_size, parse_page_token, time_range};
 use crate::status::{from_store, optional, required};
-
-const DEFAULT_PAGE_SIZE: u32 = 100;
-const MAX_PAGE_SIZE: u32 = 1000;
 
 pub struct ComplianceApi {
     store: Store,
@@ -79,36 +77,12 @@ fn violation_message(row: ViolationRow) -> pb::Violation {
     }
 }
 
-/// Page tokens are opaque to clients: "v1." followed by the last id returned.
-fn parse_page_token(token: &str) -> Result<Option<i64>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    token
-        .strip_prefix("v1.")
-        .and_then(|id| id.parse::<i64>().ok())
-        .map(Some)
-        .ok_or_else(|| Status::invalid_argument("page_token is not one this server issued"))
-}
-
 fn violation_filter(request: &pb::ListViolationsRequest) -> Result<ViolationFilter, Status> {
-    let page_size = match request.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        size if size > MAX_PAGE_SIZE => {
-            return Err(Status::invalid_argument(format!("page_size must be at most {MAX_PAGE_SIZE}")))
-        }
-        size => size,
-    };
+    let page_size = page_size(request.page_size)?;
     if !request.rule.is_empty() && Rule::from_id(&request.rule).is_none() {
         return Err(Status::invalid_argument(format!("unknown rule {:?}", request.rule)));
     }
-    let from = (request.from_unix_ms != 0).then_some(request.from_unix_ms);
-    let to = (request.to_unix_ms != 0).then_some(request.to_unix_ms);
-    if let (Some(from), Some(to)) = (from, to) {
-        if from >= to {
-            return Err(Status::invalid_argument("from_unix_ms must be before to_unix_ms"));
-        }
-    }
+    let (from, to) = time_range(request.from_unix_ms, request.to_unix_ms)?;
     Ok(ViolationFilter {
         clinic_id: optional("clinic_id", &request.clinic_id, ClinicId::parse)?.map(|c| c.to_string()),
         chain_id: optional("chain_id", &request.chain_id, ChainId::parse)?.map(|c| c.to_string()),
@@ -166,16 +140,11 @@ impl ComplianceService for ComplianceApi {
         request: Request<pb::ListViolationsRequest>,
     ) -> Result<Response<pb::ListViolationsResponse>, Status> {
         let mut filter = violation_filter(request.get_ref())?;
-        let page_size = filter.limit as usize;
+        let page_size = filter.limit;
         // One extra row tells whether another page exists without a second query.
         filter.limit += 1;
         let mut rows = self.store.list_violations(&filter).await.map_err(from_store)?;
-        let next_page_token = if rows.len() > page_size {
-            rows.truncate(page_size);
-            rows.last().map(|row| format!("v1.{}", row.id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = finish_page(&mut rows, page_size, |row| row.id);
         Ok(Response::new(pb::ListViolationsResponse {
             violations: rows.into_iter().map(violation_message).collect(),
             next_page_token,
@@ -206,7 +175,7 @@ mod tests {
         let request = pb::ListViolationsRequest { page_token: "v1.42".into(), ..Default::default() };
         let filter = violation_filter(&request).unwrap();
         assert_eq!(filter.before_id, Some(42));
-        assert_eq!(filter.limit, DEFAULT_PAGE_SIZE);
+        assert_eq!(filter.limit, crate::paging::DEFAULT_PAGE_SIZE);
     }
 
     #[test]

@@ -1,14 +1,17 @@
-//! The gRPC API: ComplianceService and FleetService, with standard health checking and
+//! The gRPC API: ComplianceService, FleetService and QuarantineService, with standard health checking and
 //! server reflection so grpcurl and grpcui work out of the box.
 
 mod compliance;
 mod fleet;
+mod paging;
+mod quarantine;
 mod status;
 
 use std::net::SocketAddr;
 
 use penwarden_proto::api::v1::compliance_service_server::ComplianceServiceServer;
 use penwarden_proto::api::v1::fleet_service_server::FleetServiceServer;
+use penwarden_proto::api::v1::quarantine_service_server::QuarantineServiceServer;
 use penwarden_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,6 +19,7 @@ use tokio::task::JoinHandle;
 
 pub use compliance::ComplianceApi;
 pub use fleet::FleetApi;
+pub use quarantine::QuarantineApi;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,15 +56,18 @@ impl Server {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let compliance = ComplianceServiceServer::new(ComplianceApi::new(self.store.clone()));
         let fleet = FleetServiceServer::new(FleetApi::new(self.store.clone()));
+        let quarantine = QuarantineServiceServer::new(QuarantineApi::new(self.store.clone()));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         Ok(tokio::spawn(async move {
             health_reporter.set_serving::<ComplianceServiceServer<ComplianceApi>>().await;
             health_reporter.set_serving::<FleetServiceServer<FleetApi>>().await;
+            health_reporter.set_serving::<QuarantineServiceServer<QuarantineApi>>().await;
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(compliance)
                 .add_service(fleet)
+                .add_service(quarantine)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = shutdown.wait_for(|stop| *stop).await;
                 })

@@ -36,6 +36,20 @@ enum Command {
         #[arg(long)]
         rule: Option<String>,
     },
+    /// Count quarantined messages by reason and list the newest (through the gRPC API).
+    Quarantine {
+        #[arg(long, env = "PENWARDEN_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+        grpc_url: String,
+        /// Only this reason, e.g. decode_error.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this pen.
+        #[arg(long)]
+        pen: Option<String>,
+        /// How many of the newest messages to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve::run(config.as_deref()),
         Command::Violations { grpc_url, rule } => query::violations(&grpc_url, rule),
+        Command::Quarantine { grpc_url, reason, pen, limit } => query::quarantine(&grpc_url, reason, pen, limit),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

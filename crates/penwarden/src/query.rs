@@ -1,18 +1,59 @@
-//! `penwarden violations`: counts active violations by rule and shows the newest one, through
-//! the same gRPC API clients use.
+//! Operator commands that read a running penwarden through the same gRPC API clients use:
+//! `penwarden violations` (counts by rule, newest violation) and `penwarden quarantine`.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
-use penwarden_proto::api::v1::ListViolationsRequest;
+use penwarden_proto::api::v1::quarantine_service_client::QuarantineServiceClient;
+use penwarden_proto::api::v1::{ListQuarantineRequest, ListViolationsRequest};
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(future)
+}
+
+async fn channel(grpc_url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(grpc_url.to_owned())
+        .with_context(|| format!("invalid gRPC URL {grpc_url:?}"))?;
+    endpoint.connect().await.with_context(|| format!("cannot reach penwarden at {grpc_url}"))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", status.code(), status.message())
+}
+
+pub(crate) fn quarantine(
+    grpc_url: &str,
+    reason: Option<String>,
+    pen: Option<String>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    block_on(async {
+        let mut client = QuarantineServiceClient::new(channel(grpc_url).await?);
+        let request = ListQuarantineRequest {
+            reason: reason.unwrap_or_default(),
+            pen_serial: pen.unwrap_or_default(),
+            page_size: limit.max(1),
+            ..Default::default()
+        };
+        let page = client.list_quarantine(request).await.map_err(status_error)?.into_inner();
+        let total: u64 = page.counts_by_reason.values().sum();
+        println!("quarantined messages: {total}");
+        let mut counts: Vec<_> = page.counts_by_reason.into_iter().collect();
+        counts.sort();
+        for (reason, count) in counts {
+            println!("  {reason:<28} {count}");
+        }
+        for message in page.messages {
+            println!("{}", serde_json::to_string(&message)?);
+        }
+        Ok(())
+    })
+}
 
 pub(crate) fn violations(grpc_url: &str, rule: Option<String>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let mut client = ComplianceServiceClient::connect(grpc_url.to_owned())
-            .await
-            .with_context(|| format!("cannot reach penwarden at {grpc_url}"))?;
+    block_on(async {
+        let mut client = ComplianceServiceClient::new(channel(grpc_url).await?);
         let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
         let mut newest = None;
         let mut page_token = String::new();

@@ -12,7 +12,9 @@ mod queries;
 pub use batch::{Effects, EndedSession, IngestBatch, PenStateUpdate, QuarantineEntry, RaisedViolation, StatusReport};
 pub use directory::{PenDirectory, PenPlacement};
 pub use fleet::{ChainRow, ClinicRow, PenRow};
-pub use queries::{CartridgeView, PenSterilityView, SessionView, ViolationFilter, ViolationRow};
+pub use queries::{
+    CartridgeView, PenSterilityView, QuarantineFilter, QuarantineRow, SessionView, ViolationFilter, ViolationRow,
+};
 
 use std::str::FromStr;
 use std::time::Duration;

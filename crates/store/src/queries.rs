@@ -59,6 +59,47 @@ pub struct ViolationFilter {
     pub limit: u32,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineFilter {
+    pub reason: Option<String>,
+    pub pen_serial: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Only ids below this one (the page token: pages go newest first).
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+impl QuarantineFilter {
+    fn push_conditions(&self, query: &mut QueryBuilder<'_, Sqlite>) {
+        query.push(" WHERE 1 = 1");
+        if let Some(reason) = &self.reason {
+            query.push(" AND reason = ").push_bind(reason.clone());
+        }
+        if let Some(pen) = &self.pen_serial {
+            query.push(" AND pen_serial = ").push_bind(pen.clone());
+        }
+        if let Some(from) = self.from_ms {
+            query.push(" AND received_ms >= ").push_bind(from);
+        }
+        if let Some(to) = self.to_ms {
+            query.push(" AND received_ms < ").push_bind(to);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineRow {
+    pub id: i64,
+    pub received_ms: i64,
+    pub topic: String,
+    pub pen_serial: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub payload_excerpt: String,
+    pub payload_len: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViolationRow {
     pub id: i64,
@@ -208,11 +249,38 @@ impl Store {
             .collect())
     }
 
-    /// Quarantined messages counted by reason.
-    pub async fn quarantine_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")
-            .fetch_all(&self.pool)
-            .await?;
+    /// Quarantined messages, newest first, filtered.
+    pub async fn list_quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineRow>> {
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "SELECT id, received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len FROM quarantine",
+        );
+        filter.push_conditions(&mut query);
+        if let Some(before) = filter.before_id {
+            query.push(" AND id < ").push_bind(before);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+        let rows = query.build().fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|row| QuarantineRow {
+                id: row.get(0),
+                received_ms: row.get(1),
+                topic: row.get(2),
+                pen_serial: row.get(3),
+                reason: row.get(4),
+                detail: row.get(5),
+                payload_excerpt: row.get(6),
+                payload_len: row.get(7),
+            })
+            .collect())
+    }
+
+    /// Quarantined messages matching the filter (pagination ignored), counted by reason.
+    pub async fn quarantine_counts(&self, filter: &QuarantineFilter) -> Result<Vec<(String, i64)>> {
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT reason, COUNT(*) FROM quarantine");
+        filter.push_conditions(&mut query);
+        query.push(" GROUP BY reason ORDER BY reason");
+        let rows = query.build().fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 

@@ -1,0 +1,64 @@
+//! QuarantineService: what could not be accepted, and why, for operators.
+
+use penwarden_domain::PenSerial;
+use penwarden_proto::api::v1 as pb;
+use penwarden_proto::api::v1::quarantine_service_server::QuarantineService;
+use penwarden_store::{QuarantineFilter, Store};
+use tonic::{Request, Response, Status};
+
+use crate::paging::{finish_page, page_size, parse_page_token, time_range};
+use crate::status::{from_store, optional};
+
+pub struct QuarantineApi {
+    store: Store,
+}
+
+impl QuarantineApi {
+    pub fn new(store: Store) -> Self {
+        QuarantineApi { store }
+    }
+}
+
+fn quarantine_filter(request: &pb::ListQuarantineRequest) -> Result<QuarantineFilter, Status> {
+    let (from_ms, to_ms) = time_range(request.from_unix_ms, request.to_unix_ms)?;
+    Ok(QuarantineFilter {
+        reason: (!request.reason.is_empty()).then(|| request.reason.clone()),
+        pen_serial: optional("pen_serial", &request.pen_serial, PenSerial::parse)?.map(|p| p.to_string()),
+        from_ms,
+        to_ms,
+        before_id: parse_page_token(&request.page_token)?,
+        limit: page_size(request.page_size)?,
+    })
+}
+
+#[tonic::async_trait]
+impl QuarantineService for QuarantineApi {
+    async fn list_quarantine(
+        &self,
+        request: Request<pb::ListQuarantineRequest>,
+    ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
+        let mut filter = quarantine_filter(request.get_ref())?;
+        let counts = self.store.quarantine_counts(&filter).await.map_err(from_store)?;
+        let page_size = filter.limit;
+        filter.limit += 1;
+        let mut rows = self.store.list_quarantine(&filter).await.map_err(from_store)?;
+        let next_page_token = finish_page(&mut rows, page_size, |row| row.id);
+        Ok(Response::new(pb::ListQuarantineResponse {
+            messages: rows
+                .into_iter()
+                .map(|row| pb::QuarantinedMessage {
+                    id: row.id,
+                    received_unix_ms: row.received_ms,
+                    topic: row.topic,
+                    pen_serial: row.pen_serial.unwrap_or_default(),
+                    reason: row.reason,
+                    detail: row.detail,
+                    payload_excerpt: row.payload_excerpt,
+                    payload_len: row.payload_len.max(0) as u64,
+                })
+                .collect(),
+            next_page_token,
+            counts_by_reason: counts.into_iter().map(|(reason, count)| (reason, count.max(0) as u64)).collect(),
+        }))
+    }
+}

@@ -2,3 +2,4 @@
 //! Each test starts its own servers; counts are exact.
 
 mod pipeline;
+mod protocol;

@@ -308,3 +308,41 @@ pub async fn run_pensim(args: &[String]) -> serde_json::Value {
     let last = stdout.lines().last().expect("pensim printed nothing");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("pensim summary {last:?}: {e}"))
 }
+
+/// A test MQTT publisher (QoS 1) that can wait until the broker has acknowledged everything.
+pub struct Publisher {
+    client: rumqttc::AsyncClient,
+    published: u64,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _eventloop: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub async fn connect(port: u16) -> Publisher {
+        use rumqttc::{Event, Packet};
+        let options = rumqttc::MqttOptions::new(format!("test-publisher-{}", free_port()), "127.0.0.1", port);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = acked.clone();
+        let eventloop = tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if let Event::Incoming(Packet::PubAck(_)) = event {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        Publisher { client, published: 0, acked, _eventloop: eventloop }
+    }
+
+    /// Publishes at QoS 1 and waits for the broker's PUBACK.
+    pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");
+        self.published += 1;
+        let (published, acked) = (self.published, self.acked.clone());
+        wait_for("the broker to acknowledge a publish", Duration::from_secs(10), || {
+            let acked = acked.clone();
+            async move { (acked.load(std::sync::atomic::Ordering::Relaxed) >= published).then_some(()) }
+        })
+        .await;
+    }
+}

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use penwarden_proto::api::v1 as api;
 use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
-use penwarden_tests::{run_pensim, wait_for, Influxd, Mosquitto, Penwarden, Victoria};
+use penwarden_tests::{free_port, run_pensim, wait_for, Influxd, Mosquitto, Penwarden, Victoria};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -29,6 +29,13 @@ async fn violations_by_rule(endpoint: &str, expect_placement: bool) -> BTreeMap<
         }
         page_token = page.next_page_token;
     }
+}
+
+/// The value of an unlabelled counter in Prometheus text format.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 fn injected(summary: &serde_json::Value) -> BTreeMap<String, u64> {
@@ -69,6 +76,7 @@ fn pensim_args(mosquitto: &Mosquitto, extra: &[&str]) -> Vec<String> {
 async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let mut penwarden = Penwarden::start(
         &mosquitto.url(),
         &[
@@ -76,6 +84,7 @@ async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
             ("PENWARDEN_INFLUX_API", "v1".into()),
             ("PENWARDEN_INFLUX_DB", "penwarden".into()),
             ("PENWARDEN_AUTO_REGISTER_PENS", "false".into()),
+            ("PENWARDEN_METRICS_ADDR", metrics_addr.clone()),
         ],
     )
     .await;
@@ -108,6 +117,24 @@ async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
     })
     .await;
     assert_eq!(found, expected, "exactly the injected violations, no more, no fewer");
+
+    // Prometheus: every message pensim sent was received and acknowledged, none quarantined.
+    let messages = summary["messages"].as_u64().unwrap();
+    let metrics_url = format!("http://{metrics_addr}/metrics");
+    let acked = wait_for("all messages acked in metrics", SETTLE, || async {
+        let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+        let acked = metric_value(&text, "penwarden_mqtt_messages_acked_total")?;
+        (acked >= messages).then_some((acked, text))
+    })
+    .await;
+    assert_eq!(acked.0, messages);
+    assert_eq!(metric_value(&acked.1, "penwarden_mqtt_messages_received_total"), Some(messages));
+    assert_eq!(
+        metric_value(&acked.1, "penwarden_influx_points_written_total"),
+        Some(samples + sessions + (expected.values().sum::<u64>()) + sessions)
+    );
+    assert!(!acked.1.contains("penwarden_messages_quarantined_total"), "nothing quarantined");
+    assert!(acked.1.contains("penwarden_influx_write_duration_seconds_bucket"), "latency histogram exported");
 
     let status = penwarden.process.terminate(Duration::from_secs(30));
     assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");

@@ -212,15 +212,22 @@ impl Writer {
             let mut backoff = Duration::from_millis(self.options.min_backoff_ms);
             loop {
                 report.requests += 1;
-                match self.send(chunk).await {
+                let started = std::time::Instant::now();
+                let attempt = self.send(chunk).await;
+                metrics::histogram!("penwarden_influx_write_duration_seconds").record(started.elapsed().as_secs_f64());
+                match attempt {
                     Attempt::Accepted => {
                         report.lines += chunk.len();
+                        metrics::counter!("penwarden_influx_points_written_total").increment(chunk.len() as u64);
                         break;
                     }
                     Attempt::Rejected { status, message } => {
                         let rejected = rejected_line_count(&message, chunk.len());
                         report.lines += chunk.len() - rejected;
                         report.rejected_lines += rejected;
+                        metrics::counter!("penwarden_influx_points_written_total")
+                            .increment((chunk.len() - rejected) as u64);
+                        metrics::counter!("penwarden_influx_points_rejected_total").increment(rejected as u64);
                         tracing::error!(status, rejected, reason = %truncate(&message, 2000), first_line = %truncate(chunk[0], 500),
                             "InfluxDB rejected lines; they are not retried");
                         break;
@@ -233,11 +240,13 @@ impl Writer {
                     }
                     Attempt::TooLarge => {
                         report.rejected_lines += 1;
+                        metrics::counter!("penwarden_influx_points_rejected_total").increment(1);
                         tracing::error!(line = %truncate(chunk[0], 500), "InfluxDB refused a single line as too large");
                         break;
                     }
                     Attempt::Retry(reason) => {
                         report.failed_attempts += 1;
+                        metrics::counter!("penwarden_influx_write_failures_total").increment(1);
                         let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
                         tracing::warn!(%reason, retry_in_ms = jittered.as_millis() as u64, "InfluxDB write failed; retrying");
                         if *shutdown.borrow() {

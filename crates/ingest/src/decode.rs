@@ -54,6 +54,15 @@ impl Decoded {
             Decoded::State(s) => &s.pen,
         }
     }
+
+    /// The device time the message speaks for (the newest sample of a telemetry batch).
+    pub fn device_time_ms(&self) -> i64 {
+        match self {
+            Decoded::Telemetry(t) => t.samples.iter().map(|s| s.time_unix_ms).max().unwrap_or_default(),
+            Decoded::Event(e) => e.device_time_unix_ms,
+            Decoded::State(s) => s.device_time_ms,
+        }
+    }
 }
 
 /// Why a message went to the quarantine. `reason` is stable and countable.

@@ -109,6 +109,10 @@ impl Connection {
 
     fn on_connected(&mut self, session_present: bool) {
         let generation = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
+        metrics::gauge!("penwarden_mqtt_connected").set(1.0);
+        if generation > 1 {
+            metrics::counter!("penwarden_mqtt_reconnects_total").increment(1);
+        }
         tracing::info!(session_present, connection = generation, "connected to MQTT broker");
         if !session_present {
             // A fresh session has no subscriptions: (re)subscribe. Non-blocking, since this
@@ -152,6 +156,7 @@ impl Connection {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        metrics::gauge!("penwarden_mqtt_connected").set(0.0);
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));

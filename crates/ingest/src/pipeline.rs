@@ -148,7 +148,11 @@ impl Pipeline {
                 decode::decode(&self.options.topic_root, &publish.topic, &publish.payload, received_ms, &limits)
                     .and_then(|decoded| self.admit(decoded, &mut batch));
             let decoded = match decoded {
-                Ok(decoded) => decoded,
+                Ok(decoded) => {
+                    let lag_ms = received_ms - decoded.device_time_ms();
+                    metrics::histogram!("penwarden_ingest_lag_seconds").record(lag_ms as f64 / 1000.0);
+                    decoded
+                }
                 Err(rejection) => {
                     batch.quarantine.push(quarantine_entry(received_ms, &publish.topic, &publish.payload, rejection));
                     continue;
@@ -168,7 +172,9 @@ impl Pipeline {
                 Decoded::State(state) => batch.states.push(state),
             }
         }
+        metrics::counter!("penwarden_mqtt_messages_received_total").increment(messages.len() as u64);
         for entry in &batch.quarantine {
+            metrics::counter!("penwarden_messages_quarantined_total", "reason" => entry.reason).increment(1);
             tracing::warn!(reason = entry.reason, topic = %entry.topic, detail = %entry.detail, "message quarantined");
         }
 
@@ -177,10 +183,14 @@ impl Pipeline {
         } else {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.store.apply_batch(&batch, |effects| points::derived(effects, &directory)).await {
+                let started = std::time::Instant::now();
+                let applied = self.store.apply_batch(&batch, |effects| points::derived(effects, &directory)).await;
+                metrics::histogram!("penwarden_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+                match applied {
                     Ok(effects) => break Some(effects),
                     Err(e) if e.is_transient() => {
                         // Full disk, I/O error: nothing is acked, so nothing is lost; try again.
+                        metrics::counter!("penwarden_store_commit_failures_total").increment(1);
                         tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store commit failed; not acking");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -209,11 +219,16 @@ impl Pipeline {
         for message in &messages {
             self.acker.ack(message).await;
         }
+        metrics::counter!("penwarden_mqtt_messages_acked_total").increment(messages.len() as u64);
         self.stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
         self.stats.acked.fetch_add(messages.len() as u64, Ordering::Relaxed);
         self.stats.quarantined.fetch_add(batch.quarantine.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Some(effects) = effects {
+            metrics::counter!("penwarden_duplicate_events_total").increment(effects.duplicate_events as u64);
+            for violation in &effects.raised {
+                metrics::counter!("penwarden_violations_raised_total", "rule" => violation.rule.id()).increment(1);
+            }
             self.stats.duplicate_events.fetch_add(effects.duplicate_events as u64, Ordering::Relaxed);
             self.stats.violations_raised.fetch_add(effects.raised.len() as u64, Ordering::Relaxed);
             for violation in &effects.raised {

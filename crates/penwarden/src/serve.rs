@@ -19,6 +19,7 @@ pub(crate) fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
     runtime.block_on(serve(config))
@@ -31,7 +32,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     writer.ensure_database().await?;
     let writer = Arc::new(writer);
     if let Some(addr) = config.metrics.addr {
-        tracing::warn!(%addr, "the Prometheus endpoint is not implemented yet; metrics.addr is ignored");
+        // Buckets from 1 ms (a batch commit) to an hour (ingest lag of a pen that was offline).
+        const BUCKETS: &[f64] =
+            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .context("histogram buckets")?
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve Prometheus metrics on {addr}"))?;
+        tracing::info!(%addr, "Prometheus metrics on /metrics");
     }
 
     let api = penwarden_api::Server::bind(config.api.grpc_addr, store.clone()).await?;

@@ -78,6 +78,8 @@ pub enum Error {
     Unreachable { url: String, reason: String },
     #[error("gave up writing to InfluxDB because shutdown was requested (last error: {0})")]
     Interrupted(String),
+    #[error("InfluxDB did not take the write within the allowed time (last error: {0})")]
+    Unavailable(String),
 }
 
 /// What one `write` call achieved.
@@ -202,9 +204,18 @@ impl Writer {
         }
     }
 
-    /// Writes `body` (newline-separated lines), retrying until InfluxDB takes it. Returns
-    /// early with [`Error::Interrupted`] only when `shutdown` turns true between attempts.
-    pub async fn write(&self, body: &str, shutdown: &mut watch::Receiver<bool>) -> Result<WriteReport, Error> {
+    /// Writes `body` (newline-separated lines), retrying while InfluxDB fails for at most
+    /// `patience` (`None`: until it succeeds). Returns [`Error::Unavailable`] when patience runs
+    /// out (a zero patience means a single attempt per request), and [`Error::Interrupted`] when
+    /// `shutdown` turns true between attempts. Chunks written before a failure stay written:
+    /// writing them again is harmless, a point with the same series and time is replaced.
+    pub async fn write(
+        &self,
+        body: &str,
+        patience: Option<Duration>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<WriteReport, Error> {
+        let give_up_at = patience.map(|patience| std::time::Instant::now() + patience);
         let mut report = WriteReport::default();
         let lines: Vec<&str> = body.lines().filter(|line| !line.is_empty()).collect();
         let mut pending: Vec<&[&str]> = lines.chunks(self.options.max_lines_per_request.max(1)).rev().collect();
@@ -248,10 +259,13 @@ impl Writer {
                         report.failed_attempts += 1;
                         metrics::counter!("penwarden_influx_write_failures_total").increment(1);
                         let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                        tracing::warn!(%reason, retry_in_ms = jittered.as_millis() as u64, "InfluxDB write failed; retrying");
                         if *shutdown.borrow() {
                             return Err(Error::Interrupted(reason));
                         }
+                        if give_up_at.is_some_and(|at| std::time::Instant::now() + jittered >= at) {
+                            return Err(Error::Unavailable(reason));
+                        }
+                        tracing::warn!(%reason, retry_in_ms = jittered.as_millis() as u64, "InfluxDB write failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(jittered) => {}
                             _ = shutdown.changed() => return Err(Error::Interrupted(reason)),

@@ -35,6 +35,10 @@ pub struct Options {
     pub max_future_skew_ms: i64,
     /// Register unknown pens on their first message instead of quarantining it.
     pub auto_register_pens: bool,
+    /// How long a batch retries InfluxDB before its points go to the spool (and it is acked).
+    pub spool_after_ms: u64,
+    /// Spool size limit; when full, ingest stops acking until InfluxDB answers.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for Options {
@@ -49,6 +53,8 @@ impl Default for Options {
             max_payload_bytes: 256 * 1024,
             max_future_skew_ms: 24 * 3_600_000,
             auto_register_pens: false,
+            spool_after_ms: 2000,
+            spool_max_bytes: 1 << 30,
         }
     }
 }
@@ -56,6 +62,10 @@ impl Default for Options {
 impl Options {
     fn batch_max_delay(&self) -> Duration {
         Duration::from_millis(self.batch_max_delay_ms)
+    }
+
+    fn spool_after(&self) -> Duration {
+        Duration::from_millis(self.spool_after_ms)
     }
 
     fn limits(&self) -> decode::Limits {

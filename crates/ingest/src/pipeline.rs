@@ -34,6 +34,8 @@ pub struct Stats {
     pub samples: AtomicU64,
     pub points_written: AtomicU64,
     pub points_rejected: AtomicU64,
+    /// Points written to the spool while InfluxDB was down.
+    pub points_spooled: AtomicU64,
     pub duplicate_events: AtomicU64,
     pub violations_raised: AtomicU64,
     pub batches: AtomicU64,
@@ -46,10 +48,15 @@ pub struct Service {
     store: Store,
     writer: Arc<Writer>,
     stats: Arc<Stats>,
+    spool_bytes: u64,
 }
 
 const QUARANTINE_EXCERPT_BYTES: usize = 256;
 const OUTBOX_ROWS_PER_BATCH: i64 = 200;
+/// While InfluxDB is down, how often a batch tries it again instead of going to the spool.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// With no messages arriving, how often the spool is drained.
+const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Service {
     /// Connects to the broker (failing clearly if it cannot).
@@ -57,8 +64,12 @@ impl Service {
         if options.batch_max_messages == 0 {
             return Err(Error::Config("batch_max_messages must be at least 1".into()));
         }
+        let spool_bytes = store.outbox_bytes().await?;
+        if spool_bytes > 0 {
+            tracing::info!(spool_bytes, "points from before the last stop are waiting for InfluxDB");
+        }
         let connection = Connection::open(&options).await?;
-        Ok(Service { options, connection, store, writer, stats: Arc::default() })
+        Ok(Service { options, connection, store, writer, stats: Arc::default(), spool_bytes })
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -71,6 +82,7 @@ impl Service {
         let (forward, receive) = mpsc::channel(self.options.batch_max_messages * 2);
         let (drained_tx, drained_rx) = watch::channel(false);
         let acker = self.connection.acker();
+        let spool_bytes = self.spool_bytes;
         let mqtt = tokio::spawn(self.connection.run(forward, shutdown.clone(), drained_rx));
         let pipeline = Pipeline {
             options: self.options,
@@ -79,6 +91,9 @@ impl Service {
             stats: self.stats,
             acker,
             lines: LineBuilder::with_capacity(1 << 20),
+            spool_bytes,
+            influx_down_since: None,
+            last_influx_attempt: None,
         };
         tokio::spawn(async move {
             let result = pipeline.run(receive, shutdown).await;
@@ -96,6 +111,10 @@ struct Pipeline {
     stats: Arc<Stats>,
     acker: Acker,
     lines: LineBuilder,
+    /// Bytes waiting in the outbox (spooled telemetry and derived points).
+    spool_bytes: u64,
+    influx_down_since: Option<i64>,
+    last_influx_attempt: Option<std::time::Instant>,
 }
 
 impl Pipeline {
@@ -111,6 +130,10 @@ impl Pipeline {
             let first = tokio::select! {
                 message = receive.recv() => message,
                 _ = shutdown.changed() => None,
+                _ = tokio::time::sleep(IDLE_DRAIN_INTERVAL), if self.spool_bytes > 0 => {
+                    self.process(Vec::new(), &mut shutdown).await?;
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             messages.push(first);
@@ -184,7 +207,14 @@ impl Pipeline {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let started = std::time::Instant::now();
-                let applied = self.store.apply_batch(&batch, |effects| points::derived(effects, &directory)).await;
+                let mut derived_bytes = 0;
+                let derive = |effects: &penwarden_store::Effects| {
+                    let lines = points::derived(effects, &directory);
+                    derived_bytes = lines.iter().map(|l| l.len() as u64).sum();
+                    lines
+                };
+                let applied = self.store.apply_batch(&batch, derive).await;
+                self.spool_bytes += derived_bytes;
                 metrics::histogram!("penwarden_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
                 match applied {
                     Ok(effects) => break Some(effects),
@@ -203,18 +233,7 @@ impl Pipeline {
             }
         };
 
-        let outbox = self.store.pending_outbox(OUTBOX_ROWS_PER_BATCH).await?;
-        for (_, lines) in &outbox {
-            self.lines.push_encoded(lines);
-        }
-        if !self.lines.is_empty() {
-            let report = self.writer.write(self.lines.as_str(), shutdown).await?;
-            self.stats.points_written.fetch_add(report.lines as u64, Ordering::Relaxed);
-            self.stats.points_rejected.fetch_add(report.rejected_lines as u64, Ordering::Relaxed);
-        }
-        if let Some((last_id, _)) = outbox.last() {
-            self.store.delete_outbox(*last_id).await?;
-        }
+        self.deliver_points(received_ms, shutdown).await?;
 
         for message in &messages {
             self.acker.ack(message).await;
@@ -236,6 +255,88 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Gets this batch's telemetry (in `self.lines`) and the oldest outbox rows into InfluxDB,
+    /// or, while InfluxDB is down, the telemetry into the spool. Returns once the points are
+    /// durable in one or the other, so the batch may be acked; when the spool is full it waits
+    /// for InfluxDB instead, and nothing is acked meanwhile.
+    async fn deliver_points(&mut self, now_ms: i64, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
+        // The batch's own lines are the prefix of the buffer; outbox rows are appended.
+        let telemetry_len = self.lines.as_str().len();
+        let outbox = self.store.pending_outbox(OUTBOX_ROWS_PER_BATCH).await?;
+        if telemetry_len == 0 && outbox.is_empty() {
+            return Ok(());
+        }
+        let in_outage = self.influx_down_since.is_some();
+        let probe_due = self.last_influx_attempt.is_none_or(|at| at.elapsed() >= PROBE_INTERVAL);
+        if !in_outage || probe_due {
+            for row in &outbox {
+                self.lines.push_encoded(&row.lines);
+            }
+            // In an outage one attempt per probe is enough: the spool keeps ingest moving.
+            let patience = if in_outage { Duration::ZERO } else { self.options.spool_after() };
+            self.last_influx_attempt = Some(std::time::Instant::now());
+            match self.writer.write(self.lines.as_str(), Some(patience), shutdown).await {
+                Ok(report) => {
+                    if let Some(since) = self.influx_down_since.take() {
+                        tracing::info!(
+                            down_for_ms = now_ms - since,
+                            spool_bytes = self.spool_bytes,
+                            "InfluxDB answers again; replaying the spool"
+                        );
+                    }
+                    self.stats.points_written.fetch_add(report.lines as u64, Ordering::Relaxed);
+                    self.stats.points_rejected.fetch_add(report.rejected_lines as u64, Ordering::Relaxed);
+                    if let Some(last) = outbox.last() {
+                        self.store.delete_outbox(last.id).await?;
+                        let drained: u64 = outbox.iter().map(|row| row.lines.len() as u64).sum();
+                        self.spool_bytes = self.spool_bytes.saturating_sub(drained);
+                    }
+                    let oldest = if outbox.len() as i64 == OUTBOX_ROWS_PER_BATCH { outbox.last() } else { None };
+                    self.report_spool(oldest.map(|row| row.created_ms), now_ms);
+                    return Ok(());
+                }
+                Err(penwarden_influx::Error::Unavailable(reason)) => {
+                    if !in_outage {
+                        tracing::error!(%reason, "InfluxDB is unavailable; spooling points to the store and acking");
+                        self.influx_down_since = Some(now_ms);
+                    }
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        let telemetry = &self.lines.as_str()[..telemetry_len];
+        let oldest = outbox.first().map(|row| row.created_ms);
+        if telemetry.is_empty() {
+            self.report_spool(oldest, now_ms);
+            return Ok(());
+        }
+        if self.spool_bytes + telemetry.len() as u64 > self.options.spool_max_bytes {
+            metrics::gauge!("penwarden_spool_full").set(1.0);
+            tracing::error!(
+                spool_bytes = self.spool_bytes,
+                limit = self.options.spool_max_bytes,
+                "spool full: not acking until InfluxDB takes this batch (the broker keeps the messages)"
+            );
+            let report = self.writer.write(telemetry, None, shutdown).await?;
+            self.stats.points_written.fetch_add(report.lines as u64, Ordering::Relaxed);
+            metrics::gauge!("penwarden_spool_full").set(0.0);
+            return Ok(());
+        }
+        self.store.spool(telemetry, now_ms).await?;
+        self.spool_bytes += telemetry.len() as u64;
+        let spooled = telemetry.lines().count() as u64;
+        self.stats.points_spooled.fetch_add(spooled, Ordering::Relaxed);
+        metrics::counter!("penwarden_points_spooled_total").increment(spooled);
+        self.report_spool(oldest.or(Some(now_ms)), now_ms);
+        Ok(())
+    }
+
+    fn report_spool(&self, oldest_created_ms: Option<i64>, now_ms: i64) {
+        metrics::gauge!("penwarden_spool_bytes").set(self.spool_bytes as f64);
+        let age_s = oldest_created_ms.map_or(0.0, |created| (now_ms - created).max(0) as f64 / 1000.0);
+        metrics::gauge!("penwarden_spool_oldest_age_seconds").set(age_s);
     }
 
     /// Unknown pens are quarantined, or registered on the fly when auto-registration is on.

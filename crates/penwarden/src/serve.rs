@@ -51,19 +51,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let api_task = api.spawn(stop_rx.clone())?;
-    let ingest_task = ingest.spawn(stop_rx);
+    let mut ingest_task = ingest.spawn(stop_rx);
     tracing::info!(%grpc_addr, mqtt = %config.ingest.mqtt_url, influx = %config.influx.url, store = %config.store.url, "penwarden serving");
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
-    }
+    let ingest_ended = tokio::select! {
+        _ = terminate.recv() => { tracing::info!("SIGTERM: draining"); None }
+        _ = interrupt.recv() => { tracing::info!("SIGINT: draining"); None }
+        // Ingest stops on its own only on an error it cannot retry: stop everything, exit 1.
+        ended = &mut ingest_task => Some(ended),
+    };
     let _ = stop_tx.send(true);
     let deadline = Duration::from_secs(config.api.shutdown_deadline_s);
     let drained = tokio::time::timeout(deadline, async {
-        let ingest = ingest_task.await;
+        let ingest = match ingest_ended {
+            Some(ended) => ended,
+            None => ingest_task.await,
+        };
         let api = api_task.await;
         (ingest, api)
     })

@@ -261,12 +261,12 @@ impl Store {
     }
 
     /// Oldest outbox rows first, at most `limit`.
-    pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<(i64, String)>> {
-        let rows = sqlx::query("SELECT id, lines FROM influx_outbox ORDER BY id LIMIT ?")
+    pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query("SELECT id, lines, created_ms FROM influx_outbox ORDER BY id LIMIT ?")
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        Ok(rows.iter().map(|row| OutboxRow { id: row.get(0), lines: row.get(1), created_ms: row.get(2) }).collect())
     }
 
     /// Forgets outbox rows once InfluxDB has accepted their lines.
@@ -274,6 +274,32 @@ impl Store {
         sqlx::query("DELETE FROM influx_outbox WHERE id <= ?").bind(up_to_id).execute(&self.pool).await?;
         Ok(())
     }
+
+    /// Spools lines InfluxDB could not take now; they are written before newer ones later.
+    pub async fn spool(&self, lines: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES (?, ?)")
+            .bind(lines)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Bytes of line protocol waiting in the outbox (a full scan: call at start, then track).
+    pub async fn outbox_bytes(&self) -> Result<u64> {
+        let bytes: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(LENGTH(lines)), 0) FROM influx_outbox")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(bytes.max(0) as u64)
+    }
+}
+
+/// Lines waiting for InfluxDB: derived points, and telemetry spooled during an outage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub lines: String,
+    pub created_ms: i64,
 }
 
 async fn touch_last_seen(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, seen_ms: i64) -> Result<()> {

@@ -9,7 +9,9 @@ mod directory;
 mod fleet;
 mod queries;
 
-pub use batch::{Effects, EndedSession, IngestBatch, PenStateUpdate, QuarantineEntry, RaisedViolation, StatusReport};
+pub use batch::{
+    Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, QuarantineEntry, RaisedViolation, StatusReport,
+};
 pub use directory::{PenDirectory, PenPlacement};
 pub use fleet::{ChainRow, ClinicRow, PenRow};
 pub use queries::{

@@ -130,7 +130,12 @@ async fn outbox_lines_commit_with_the_batch() {
     store.apply_batch(&batch, |_| vec!["m f=1i 1".into(), "m f=2i 2".into()]).await.unwrap();
     let pending = store.pending_outbox(10).await.unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].1, "m f=1i 1\nm f=2i 2");
-    store.delete_outbox(pending[0].0).await.unwrap();
+    assert_eq!(pending[0].lines, "m f=1i 1\nm f=2i 2");
+    store.spool("m f=3i 3", 5).await.unwrap();
+    assert_eq!(store.outbox_bytes().await.unwrap(), 17 + 8);
+    let pending = store.pending_outbox(10).await.unwrap();
+    assert_eq!(pending.iter().map(|row| row.created_ms).collect::<Vec<_>>(), [1, 5], "oldest first");
+    store.delete_outbox(pending[1].id).await.unwrap();
     assert!(store.pending_outbox(10).await.unwrap().is_empty());
+    assert_eq!(store.outbox_bytes().await.unwrap(), 0);
 }

@@ -1,5 +1,7 @@
 //! End to end: pensim -> Mosquitto -> penwarden -> InfluxDB (v1 and v2 APIs) + store -> gRPC.
 //! Each test starts its own servers; counts are exact.
 
+mod common;
+mod faults;
 mod pipeline;
 mod protocol;

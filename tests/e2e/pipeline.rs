@@ -1,52 +1,8 @@
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use penwarden_proto::api::v1 as api;
-use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
 use penwarden_tests::{free_port, run_pensim, wait_for, Influxd, Mosquitto, Penwarden, Victoria};
 
-const SETTLE: Duration = Duration::from_secs(60);
-
-/// Every active violation, all pages, counted by rule; asserts each carries its context.
-async fn violations_by_rule(endpoint: &str, expect_placement: bool) -> BTreeMap<String, u64> {
-    let mut client = ComplianceServiceClient::connect(endpoint.to_owned()).await.expect("connect");
-    let mut counts = BTreeMap::new();
-    let mut page_token = String::new();
-    loop {
-        let request = api::ListViolationsRequest { page_size: 7, page_token: page_token.clone(), ..Default::default() };
-        let page = client.list_violations(request).await.expect("ListViolations").into_inner();
-        for violation in &page.violations {
-            assert!(!violation.severity.is_empty() && !violation.explanation.is_empty(), "{violation:?}");
-            assert!(!violation.pen_serial.is_empty() && !violation.session_id.is_empty(), "{violation:?}");
-            assert!(!violation.cartridge_serial.is_empty() && violation.device_time_unix_ms > 0, "{violation:?}");
-            if expect_placement {
-                assert!(!violation.clinic_id.is_empty() && !violation.chain_id.is_empty(), "{violation:?}");
-            }
-            *counts.entry(violation.rule.clone()).or_insert(0) += 1;
-        }
-        if page.next_page_token.is_empty() {
-            return counts;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
-/// The value of an unlabelled counter in Prometheus text format.
-fn metric_value(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-}
-
-fn injected(summary: &serde_json::Value) -> BTreeMap<String, u64> {
-    summary["violations_injected"]
-        .as_object()
-        .expect("violations_injected")
-        .iter()
-        .map(|(rule, count)| (rule.clone(), count.as_u64().expect("count")))
-        .filter(|(_, count)| *count > 0)
-        .collect()
-}
+use crate::common::{injected, metric_value, violations_by_rule, SETTLE};
 
 fn pensim_args(mosquitto: &Mosquitto, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [

@@ -69,6 +69,14 @@ impl Process {
         }
     }
 
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
@@ -108,7 +116,8 @@ async fn http_ok(url: &str) -> bool {
 
 pub struct Mosquitto {
     pub port: u16,
-    _process: Process,
+    config: PathBuf,
+    process: Option<Process>,
     _dir: tempfile::TempDir,
 }
 
@@ -127,12 +136,27 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let process = Process::spawn("mosquitto", Command::new(require("mosquitto")).arg("-c").arg(&config));
+        let mut mosquitto = Mosquitto { port, config, process: None, _dir: dir };
+        mosquitto.spawn().await;
+        mosquitto
+    }
+
+    async fn spawn(&mut self) {
+        self.process =
+            Some(Process::spawn("mosquitto", Command::new(require("mosquitto")).arg("-c").arg(&self.config)));
+        let port = self.port;
         wait_for("mosquitto to listen", Duration::from_secs(10), || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
         .await;
-        Mosquitto { port, _process: process, _dir: dir }
+    }
+
+    /// Stops the broker with SIGTERM (it writes its persistence file) and starts it again.
+    pub async fn restart(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.terminate(Duration::from_secs(10));
+        }
+        self.spawn().await;
     }
 
     pub fn url(&self) -> String {
@@ -143,7 +167,8 @@ impl Mosquitto {
 /// InfluxDB 1.x (`influxd`), for the v1 write API and InfluxQL.
 pub struct Influxd {
     pub port: u16,
-    _process: Process,
+    config: PathBuf,
+    process: Option<Process>,
     _dir: tempfile::TempDir,
 }
 
@@ -165,22 +190,33 @@ impl Influxd {
             ),
         )
         .expect("write influxdb.conf");
-        let process = Process::spawn(
-            "influxd",
-            Command::new(require("influxd"))
-                .arg("run")
-                .arg("-config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        let ping = format!("http://127.0.0.1:{port}/ping");
+        let mut influxd = Influxd { port, config, process: None, _dir: dir };
+        influxd.resume().await;
+        influxd
+    }
+
+    /// Stops the server (SIGKILL: an outage, not a goodbye).
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// Starts the server again on the same port and data.
+    pub async fn resume(&mut self) {
+        let command = Command::new(require("influxd"))
+            .arg("run")
+            .arg("-config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = command.unwrap_or_else(|e| panic!("cannot start influxd: {e}"));
+        self.process = Some(Process { name: "influxd".into(), child: Some(child) });
+        let ping = format!("http://127.0.0.1:{}/ping", self.port);
         wait_for("influxd to answer /ping", Duration::from_secs(30), || {
             let ping = ping.clone();
             async move { http_ok(&ping).await.then_some(()) }
         })
         .await;
-        Influxd { port, _process: process, _dir: dir }
     }
 
     pub fn url(&self) -> String {
@@ -258,41 +294,56 @@ impl Victoria {
     }
 }
 
-/// A running `penwarden serve`.
+/// A running `penwarden serve`, which can be killed and restarted on the same store, ports
+/// and MQTT client id (so it resumes its persistent session).
 pub struct Penwarden {
     pub grpc_addr: SocketAddr,
     pub process: Process,
     pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Penwarden {
     /// Starts penwarden with the given extra environment and waits for gRPC to answer.
-    pub async fn start(mqtt_url: &str, env: &[(&str, String)]) -> Penwarden {
-        let dir = tempfile::tempdir().expect("tempdir");
+    pub async fn start(mqtt_url: &str, extra_env: &[(&str, String)]) -> Penwarden {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), mqtt_url, extra_env).await
+    }
+
+    /// Like `start`, with the store in `dir` (a size-limited filesystem, say).
+    pub async fn start_in(dir: tempfile::TempDir, mqtt_url: &str, extra_env: &[(&str, String)]) -> Penwarden {
         let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut env: Vec<(String, String)> = vec![
+            ("PENWARDEN_MQTT_URL".into(), mqtt_url.into()),
+            ("PENWARDEN_MQTT_CLIENT_ID".into(), format!("penwarden-test-{}", grpc_addr.port())),
+            ("PENWARDEN_DATABASE_URL".into(), format!("sqlite:{}", dir.path().join("penwarden.db").display())),
+            ("PENWARDEN_GRPC_ADDR".into(), grpc_addr.to_string()),
+            ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let process = Self::spawn(&env, grpc_addr).await;
+        Penwarden { grpc_addr, process, dir, env }
+    }
+
+    async fn spawn(env: &[(String, String)], grpc_addr: SocketAddr) -> Process {
         let mut command = Command::new(binary("penwarden"));
-        command
-            .arg("serve")
-            .env("PENWARDEN_MQTT_URL", mqtt_url)
-            .env("PENWARDEN_MQTT_CLIENT_ID", format!("penwarden-test-{}", grpc_addr.port()))
-            .env("PENWARDEN_DATABASE_URL", format!("sqlite:{}", dir.path().join("penwarden.db").display()))
-            .env("PENWARDEN_GRPC_ADDR", grpc_addr.to_string())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
-        for (key, value) in env {
-            command.env(key, value);
-        }
+        command.arg("serve").envs(env.iter().map(|(k, v)| (k, v)));
         let mut process = Process::spawn("penwarden", &mut command);
         let endpoint = format!("http://{grpc_addr}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(process.is_running(), "penwarden exited during start");
             if tonic::transport::Endpoint::from_shared(endpoint.clone()).expect("endpoint").connect().await.is_ok() {
-                break;
+                return process;
             }
             assert!(Instant::now() < deadline, "penwarden did not open gRPC within 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Penwarden { grpc_addr, process, dir }
+    }
+
+    /// SIGKILL, then start again: what a crash and a supervisor do.
+    pub async fn kill_and_restart(&mut self) {
+        self.process.kill();
+        self.process = Self::spawn(&self.env, self.grpc_addr).await;
     }
 
     pub fn endpoint(&self) -> String {
@@ -300,13 +351,82 @@ impl Penwarden {
     }
 }
 
-/// Runs pensim to completion and returns its JSON summary.
-pub async fn run_pensim(args: &[String]) -> serde_json::Value {
-    let output = tokio::process::Command::new(binary("pensim")).args(args).output().await.expect("run pensim");
+/// Starts pensim in the background; finish it with [`finish_pensim`].
+pub fn spawn_pensim(args: &[String]) -> tokio::process::Child {
+    tokio::process::Command::new(binary("pensim"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pensim")
+}
+
+/// Waits for pensim and returns its JSON summary.
+pub async fn finish_pensim(pensim: tokio::process::Child) -> serde_json::Value {
+    let output = pensim.wait_with_output().await.expect("wait for pensim");
     assert!(output.status.success(), "pensim failed: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().expect("pensim printed nothing");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("pensim summary {last:?}: {e}"))
+}
+
+/// Runs pensim to completion and returns its JSON summary.
+pub async fn run_pensim(args: &[String]) -> serde_json::Value {
+    finish_pensim(spawn_pensim(args)).await
+}
+
+/// Reads a Prometheus endpoint and returns the value of an unlabelled metric.
+pub async fn metric(addr: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A size-limited tmpfs mounted on a temporary directory (needs root), unmounted on drop.
+pub struct Tmpfs {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    /// `None` when mounting is not permitted here.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Tmpfs { dir: Some(dir) })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("mounted").path()
+    }
+
+    /// A TempDir inside the mount (for the store).
+    pub fn subdir(&self) -> tempfile::TempDir {
+        tempfile::tempdir_in(self.path()).expect("tempdir in tmpfs")
+    }
+
+    /// Fills the mount to the last byte with a file at `path`; removing it frees the space.
+    pub fn fill(&self, path: &Path) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(path).expect("create filler");
+        for chunk in [1 << 20, 1 << 12, 1 << 9, 1] {
+            let buffer = vec![0u8; chunk];
+            while file.write_all(&buffer).is_ok() {}
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = Command::new("umount").arg("-l").arg(dir.path()).status();
+            drop(dir);
+        }
+    }
 }
 
 /// A test MQTT publisher (QoS 1) that can wait until the broker has acknowledged everything.

@@ -53,6 +53,17 @@ impl LineBuilder {
         &self.buffer
     }
 
+    /// A position to [`truncate`](Self::truncate) back to.
+    pub fn mark(&self) -> (usize, usize) {
+        (self.buffer.len(), self.lines)
+    }
+
+    /// Drops everything appended after `mark`.
+    pub fn truncate(&mut self, mark: (usize, usize)) {
+        self.buffer.truncate(mark.0);
+        self.lines = mark.1;
+    }
+
     pub fn clear(&mut self) {
         self.buffer.clear();
         self.lines = 0;
@@ -171,6 +182,17 @@ mod tests {
         lines.point("c").float("x", f64::INFINITY).float("y", 2.0).timestamp_ms(3);
         assert_eq!(lines.as_str(), "a x=1 1\nc y=2 3");
         assert_eq!(lines.lines(), 2);
+    }
+
+    #[test]
+    fn truncates_back_to_a_mark() {
+        let mut lines = LineBuilder::default();
+        lines.point("a").int("x", 1).timestamp_ms(1);
+        let mark = lines.mark();
+        lines.push_encoded("b x=2i 2\nc x=3i 3");
+        assert_eq!(lines.lines(), 3);
+        lines.truncate(mark);
+        assert_eq!((lines.as_str(), lines.lines()), ("a x=1i 1", 1));
     }
 
     #[test]

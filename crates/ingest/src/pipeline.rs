@@ -201,39 +201,37 @@ impl Pipeline {
             tracing::warn!(reason = entry.reason, topic = %entry.topic, detail = %entry.detail, "message quarantined");
         }
 
-        let effects = if batch.is_empty() {
-            None
-        } else {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let started = std::time::Instant::now();
-                let mut derived_bytes = 0;
-                let derive = |effects: &penwarden_store::Effects| {
-                    let lines = points::derived(effects, &directory);
-                    derived_bytes = lines.iter().map(|l| l.len() as u64).sum();
-                    lines
-                };
-                let applied = self.store.apply_batch(&batch, derive).await;
-                self.spool_bytes += derived_bytes;
-                metrics::histogram!("penwarden_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-                match applied {
-                    Ok(effects) => break Some(effects),
-                    Err(e) if e.is_transient() => {
-                        // Full disk, I/O error: nothing is acked, so nothing is lost; try again.
-                        metrics::counter!("penwarden_store_commit_failures_total").increment(1);
-                        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store commit failed; not acking");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.changed() => return Err(e.into()),
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    Err(e) => return Err(e.into()),
+        // Make the batch durable: commit it once, then get its points into InfluxDB or the
+        // spool. A transient store failure (full disk, I/O) is retried from where it stopped;
+        // nothing is acked meanwhile, so nothing is lost.
+        let telemetry_mark = self.lines.mark();
+        let mut effects = None;
+        let mut committed = batch.is_empty();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = async {
+                if !committed {
+                    effects = Some(self.commit(&batch, &directory).await?);
+                    committed = true;
                 }
+                self.deliver_points(received_ms, shutdown).await
             }
-        };
-
-        self.deliver_points(received_ms, shutdown).await?;
+            .await;
+            match result {
+                Ok(()) => break,
+                Err(Error::Store(e)) if e.is_transient() => {
+                    self.lines.truncate(telemetry_mark);
+                    metrics::counter!("penwarden_store_commit_failures_total").increment(1);
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store write failed; not acking");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Err(e.into()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
 
         for message in &messages {
             self.acker.ack(message).await;
@@ -255,6 +253,25 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Applies the batch to the store in one transaction; derived points join the outbox.
+    async fn commit(
+        &mut self,
+        batch: &IngestBatch,
+        directory: &penwarden_store::PenDirectory,
+    ) -> Result<penwarden_store::Effects, Error> {
+        let started = std::time::Instant::now();
+        let mut derived_bytes = 0;
+        let derive = |effects: &penwarden_store::Effects| {
+            let lines = points::derived(effects, directory);
+            derived_bytes = lines.iter().map(|l| l.len() as u64).sum();
+            lines
+        };
+        let applied = self.store.apply_batch(batch, derive).await?;
+        self.spool_bytes += derived_bytes;
+        metrics::histogram!("penwarden_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+        Ok(applied)
     }
 
     /// Gets this batch's telemetry (in `self.lines`) and the oldest outbox rows into InfluxDB,

@@ -120,7 +120,34 @@ impl Store {
         batch: &IngestBatch,
         outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
     ) -> Result<Effects> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.writer.acquire().await?;
+        match self.apply_batch_on(&mut connection, batch, outbox_lines).await {
+            Ok(effects) => {
+                for pen in &batch.auto_register {
+                    if self.directory.get(pen).is_none() {
+                        self.directory.insert(pen.clone(), PenPlacement::default());
+                    }
+                }
+                Ok(effects)
+            }
+            Err(error) => {
+                // After SQLITE_FULL or an I/O error SQLite may already have rolled the
+                // transaction back, and sqlx's idea of the connection's transaction depth can
+                // then be wrong (the next BEGIN would become a SAVEPOINT that never commits).
+                // The connection is in doubt: close it, the pool opens a fresh one.
+                let _ = sqlx::Connection::close(connection.detach()).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn apply_batch_on(
+        &self,
+        connection: &mut sqlx::pool::PoolConnection<Sqlite>,
+        batch: &IngestBatch,
+        outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
+    ) -> Result<Effects> {
+        let mut tx = sqlx::Connection::begin(&mut **connection).await?;
         let mut effects = Effects::default();
         let now = batch.received_ms;
 
@@ -251,12 +278,6 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-
-        for pen in &batch.auto_register {
-            if self.directory.get(pen).is_none() {
-                self.directory.insert(pen.clone(), PenPlacement::default());
-            }
-        }
         Ok(effects)
     }
 
@@ -271,7 +292,7 @@ impl Store {
 
     /// Forgets outbox rows once InfluxDB has accepted their lines.
     pub async fn delete_outbox(&self, up_to_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM influx_outbox WHERE id <= ?").bind(up_to_id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM influx_outbox WHERE id <= ?").bind(up_to_id).execute(&self.writer).await?;
         Ok(())
     }
 
@@ -280,7 +301,7 @@ impl Store {
         sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES (?, ?)")
             .bind(lines)
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

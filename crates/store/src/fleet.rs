@@ -61,7 +61,7 @@ impl Store {
         .bind(chain.as_str())
         .bind(name)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(ChainRow { chain_id: chain.to_string(), name: name.to_owned() })
     }
@@ -90,7 +90,7 @@ impl Store {
         .bind(chain.as_str())
         .bind(name)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.reload_directory().await?;
         Ok(ClinicRow { clinic_id: clinic.to_string(), chain_id: chain.to_string(), name: name.to_owned() })
@@ -124,7 +124,7 @@ impl Store {
         .bind(clinic.map(ClinicId::as_str))
         .bind(model)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let chain = chain.map(|c| ChainId::parse(&c)).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
         let row = self.pen(pen).await?;

@@ -51,7 +51,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Clone)]
 pub struct Store {
+    /// For reads: WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one connection that writes. SQLite has one writer at a time anyway; one connection
+    /// means no SQLITE_BUSY between our own writers, and a transaction a failed commit leaves
+    /// behind (disk full) is rolled back on that same connection before anything else runs.
+    writer: SqlitePool,
     directory: PenDirectory,
 }
 
@@ -71,10 +76,12 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let writer =
+            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(open_error)?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
         let directory = PenDirectory::default();
-        let store = Store { pool, directory };
+        let store = Store { pool, writer, directory };
         store.reload_directory().await?;
         Ok(store)
     }
@@ -86,6 +93,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 

@@ -284,6 +284,11 @@ impl Store {
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
+    /// Device events recorded (each (pen, seq) once).
+    pub async fn event_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM pen_events").fetch_one(&self.pool).await?)
+    }
+
     /// Sessions with a start, for summaries.
     pub async fn session_count(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE start_seq IS NOT NULL")

@@ -1,0 +1,128 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use penwarden_proto::api::v1 as api;
+use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
+use penwarden_tests::{wait_for, Influxd, Mosquitto, Penwarden};
+
+pub(crate) const SETTLE: Duration = Duration::from_secs(90);
+
+/// Every active violation, all pages, counted by rule; asserts each carries its context.
+pub(crate) async fn violations_by_rule(endpoint: &str, expect_placement: bool) -> BTreeMap<String, u64> {
+    let mut client = ComplianceServiceClient::connect(endpoint.to_owned()).await.expect("connect");
+    let mut counts = BTreeMap::new();
+    let mut page_token = String::new();
+    loop {
+        let request = api::ListViolationsRequest { page_size: 7, page_token: page_token.clone(), ..Default::default() };
+        let page = client.list_violations(request).await.expect("ListViolations").into_inner();
+        for violation in &page.violations {
+            assert!(!violation.severity.is_empty() && !violation.explanation.is_empty(), "{violation:?}");
+            assert!(!violation.pen_serial.is_empty() && !violation.session_id.is_empty(), "{violation:?}");
+            assert!(!violation.cartridge_serial.is_empty() && violation.device_time_unix_ms > 0, "{violation:?}");
+            if expect_placement {
+                assert!(!violation.clinic_id.is_empty() && !violation.chain_id.is_empty(), "{violation:?}");
+            }
+            *counts.entry(violation.rule.clone()).or_insert(0) += 1;
+        }
+        if page.next_page_token.is_empty() {
+            return counts;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The value of an unlabelled counter in Prometheus text format.
+pub(crate) fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+pub(crate) fn injected(summary: &serde_json::Value) -> BTreeMap<String, u64> {
+    summary["violations_injected"]
+        .as_object()
+        .expect("violations_injected")
+        .iter()
+        .map(|(rule, count)| (rule.clone(), count.as_u64().expect("count")))
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
+pub(crate) fn pensim_args(mosquitto: &Mosquitto, pens: usize, duration_s: u64, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--mqtt-url".to_string(),
+        mosquitto.url(),
+        "--pens".into(),
+        pens.to_string(),
+        "--clinics".into(),
+        "4".into(),
+        "--chains".into(),
+        "2".into(),
+        "--duration".into(),
+        duration_s.to_string(),
+        "--session-secs".into(),
+        "1..2".into(),
+        "--inject".into(),
+        "reuse=0.25,no-disinfect=0.3".into(),
+    ]
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Polls `count` until it reaches `expected` (or more); on timeout, fails with the last value.
+pub(crate) async fn wait_for_count<F, Fut>(what: &str, expected: u64, count: F) -> u64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<u64>>,
+{
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let last = count().await;
+        if last >= Some(expected) {
+            return last.unwrap_or_default();
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {last:?} of {expected}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until InfluxDB holds exactly pensim's samples and sessions and the record exactly its
+/// injected violations, then stops penwarden (SIGTERM, exit 0) and checks every event is in the
+/// store exactly once. Returns the verified counts for the test's log.
+pub(crate) async fn verify_exactly_once(
+    influxd: &Influxd,
+    penwarden: &mut Penwarden,
+    summary: &serde_json::Value,
+) -> String {
+    let samples = summary["samples"].as_u64().expect("samples");
+    let sessions = summary["sessions"].as_u64().expect("sessions");
+    let events = summary["event_messages"].as_u64().expect("event_messages");
+    let expected = injected(summary);
+    let count =
+        |query: &'static str| async move { influxd.query_scalar("penwarden", query).await.and_then(|v| v.as_u64()) };
+    let landed =
+        wait_for_count("every sample in InfluxDB", samples, || count("SELECT count(depth_mm) FROM pen_telemetry"))
+            .await;
+    assert_eq!(landed, samples, "each sample exactly once in InfluxDB");
+    let session_points =
+        wait_for_count("a point per session", sessions, || count("SELECT count(strokes) FROM pen_session")).await;
+    assert_eq!(session_points, sessions, "each session exactly once in InfluxDB");
+    let found = wait_for("exactly the injected violations", SETTLE, || async {
+        let found = violations_by_rule(&penwarden.endpoint(), false).await;
+        (found == expected).then_some(found)
+    })
+    .await;
+    assert_eq!(found, expected);
+
+    let status = penwarden.process.terminate(Duration::from_secs(30));
+    assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");
+    let store_url = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store = penwarden_store::Store::connect(&store_url).await.expect("open the store");
+    let recorded = store.event_count().await.expect("count events") as u64;
+    assert_eq!(recorded, events, "each event exactly once in the store");
+    store.close().await;
+    format!("samples={samples} sessions={sessions} events={events} violations={expected:?}")
+}

@@ -1,0 +1,130 @@
+//! Delivery under faults, with real processes: nothing lost, nothing counted twice.
+//! Each test asserts exact counts through `verify_exactly_once`.
+
+use std::time::Duration;
+
+use penwarden_tests::{finish_pensim, free_port, metric, spawn_pensim, wait_for, Influxd, Mosquitto, Penwarden, Tmpfs};
+
+use crate::common::{pensim_args, verify_exactly_once};
+
+fn v1_env(influxd: &Influxd) -> Vec<(&'static str, String)> {
+    vec![
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_AUTO_REGISTER_PENS", "true".into()),
+    ]
+}
+
+/// Pseudo-random delays from the clock, so each run kills at other moments (printed).
+fn kill_delays(count: usize) -> Vec<Duration> {
+    let mut state =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            Duration::from_millis(1_000 + state % 2_500)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_load_loses_and_duplicates_nothing() {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let mut penwarden = Penwarden::start(&mosquitto.url(), &v1_env(&influxd)).await;
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 18, &["--seed", "21"]));
+    let delays = kill_delays(5);
+    eprintln!("SIGKILL after {delays:?}");
+    for delay in delays {
+        tokio::time::sleep(delay).await;
+        penwarden.kill_and_restart().await;
+    }
+    let summary = finish_pensim(pensim).await;
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    eprintln!("after 5 SIGKILLs: {verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influxdb_down_for_a_minute_is_spooled_then_replayed() {
+    let mosquitto = Mosquitto::start().await;
+    let mut influxd = Influxd::start().await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut env = v1_env(&influxd);
+    env.push(("PENWARDEN_METRICS_ADDR", metrics_addr.clone()));
+    let mut penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 12, &["--seed", "22"]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    influxd.stop();
+    let stopped = std::time::Instant::now();
+    let summary = finish_pensim(pensim).await;
+
+    // With InfluxDB still down, every message is acked: its points are in the spool.
+    let messages = summary["messages"].as_f64().unwrap();
+    wait_for("every message acked during the outage", Duration::from_secs(30), || async {
+        (metric(&metrics_addr, "penwarden_mqtt_messages_acked_total").await? >= messages).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&metrics_addr, "penwarden_mqtt_messages_acked_total").await, Some(messages));
+    let spooled = metric(&metrics_addr, "penwarden_points_spooled_total").await.unwrap_or(0.0);
+    assert!(spooled > 0.0, "points went to the spool");
+    assert!(metric(&metrics_addr, "penwarden_spool_bytes").await > Some(0.0));
+
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(stopped.elapsed())).await;
+    influxd.resume().await;
+    wait_for("the spool to drain", Duration::from_secs(60), || async {
+        (metric(&metrics_addr, "penwarden_spool_bytes").await? == 0.0).then_some(())
+    })
+    .await;
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    eprintln!("after a 60 s InfluxDB outage ({spooled} points spooled): {verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_during_load_loses_nothing() {
+    let mut mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let mut penwarden = Penwarden::start(&mosquitto.url(), &v1_env(&influxd)).await;
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 14, &["--seed", "23"]));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    mosquitto.restart().await;
+    let summary = finish_pensim(pensim).await;
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    eprintln!("after a broker restart: {verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_store_disk_stops_acking_and_recovers() {
+    let Some(tmpfs) = Tmpfs::mount("32m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root; the disk-full test did not run");
+        return;
+    };
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut env = v1_env(&influxd);
+    env.push(("PENWARDEN_METRICS_ADDR", metrics_addr.clone()));
+    let mut penwarden = Penwarden::start_in(tmpfs.subdir(), &mosquitto.url(), &env).await;
+
+    // Leave the store no room to grow.
+    let filler = tmpfs.path().join("filler");
+    tmpfs.fill(&filler);
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 8, &["--seed", "24"]));
+    wait_for("store commits to fail", Duration::from_secs(30), || async {
+        (metric(&metrics_addr, "penwarden_store_commit_failures_total").await? > 0.0).then_some(())
+    })
+    .await;
+    // While commits fail, received messages are held, not acked (the broker keeps them).
+    wait_for("messages held unacked", Duration::from_secs(30), || async {
+        let received = metric(&metrics_addr, "penwarden_mqtt_messages_received_total").await?;
+        let acked = metric(&metrics_addr, "penwarden_mqtt_messages_acked_total").await.unwrap_or(0.0);
+        (received > acked).then_some(())
+    })
+    .await;
+    let summary = finish_pensim(pensim).await;
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    eprintln!("after the store's disk filled and was freed: {verified}");
+}

@@ -6,6 +6,7 @@
 //! so the broker (persistent session, QoS 1) delivers it again.
 
 pub mod decode;
+mod flood;
 mod mqtt;
 mod pipeline;
 pub mod points;
@@ -39,6 +40,11 @@ pub struct Options {
     pub spool_after_ms: u64,
     /// Spool size limit; when full, ingest stops acking until InfluxDB answers.
     pub spool_max_bytes: u64,
+    /// Messages one pen may send at once (a buffered upload after hours offline); 0 disables
+    /// flood protection.
+    pub flood_burst: u32,
+    /// Sustained messages per second one pen may send beyond the burst (a pen sends about 2).
+    pub flood_rate_per_s: u32,
 }
 
 impl Default for Options {
@@ -55,6 +61,8 @@ impl Default for Options {
             auto_register_pens: false,
             spool_after_ms: 2000,
             spool_max_bytes: 1 << 30,
+            flood_burst: 20_000,
+            flood_rate_per_s: 200,
         }
     }
 }

@@ -83,6 +83,7 @@ impl Service {
         let (drained_tx, drained_rx) = watch::channel(false);
         let acker = self.connection.acker();
         let spool_bytes = self.spool_bytes;
+        let flood = crate::flood::FloodGuard::new(self.options.flood_burst, self.options.flood_rate_per_s);
         let mqtt = tokio::spawn(self.connection.run(forward, shutdown.clone(), drained_rx));
         let pipeline = Pipeline {
             options: self.options,
@@ -92,6 +93,7 @@ impl Service {
             acker,
             lines: LineBuilder::with_capacity(1 << 20),
             spool_bytes,
+            flood,
             influx_down_since: None,
             last_influx_attempt: None,
         };
@@ -113,6 +115,7 @@ struct Pipeline {
     lines: LineBuilder,
     /// Bytes waiting in the outbox (spooled telemetry and derived points).
     spool_bytes: u64,
+    flood: crate::flood::FloodGuard,
     influx_down_since: Option<i64>,
     last_influx_attempt: Option<std::time::Instant>,
 }
@@ -356,9 +359,19 @@ impl Pipeline {
         metrics::gauge!("penwarden_spool_oldest_age_seconds").set(age_s);
     }
 
-    /// Unknown pens are quarantined, or registered on the fly when auto-registration is on.
-    fn admit(&self, decoded: Decoded, batch: &mut IngestBatch) -> Result<Decoded, Rejection> {
+    /// Floods and unknown pens are quarantined (unknown pens are registered on the fly when auto-registration is on.
+    fn admit(&mut self, decoded: Decoded, batch: &mut IngestBatch) -> Result<Decoded, Rejection> {
         let pen = decoded.pen();
+        if !self.flood.allow(pen, batch.received_ms) {
+            return Err(Rejection {
+                reason: "rate_limited",
+                detail: format!(
+                    "pen {pen} exceeds {} messages/s after a burst of {}",
+                    self.options.flood_rate_per_s, self.options.flood_burst
+                ),
+                pen: Some(pen.to_string()),
+            });
+        }
         if self.store.directory().get(pen).is_none() {
             if !self.options.auto_register_pens {
                 return Err(Rejection {

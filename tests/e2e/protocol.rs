@@ -52,9 +52,14 @@ async fn violations(endpoint: &str, include_retracted: bool) -> Vec<api::Violati
 async fn quarantine_redelivery_and_late_uploads() {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
+    // Small limits so that an oversized payload and a flood are cheap to produce.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("penwarden.toml");
+    std::fs::write(&config, "[ingest]\nmax_payload_bytes = 4096\nflood_burst = 20\nflood_rate_per_s = 0\n").unwrap();
     let mut penwarden = Penwarden::start(
         &mosquitto.url(),
         &[
+            ("PENWARDEN_CONFIG", config.display().to_string()),
             ("PENWARDEN_INFLUX_URL", influxd.url()),
             ("PENWARDEN_INFLUX_API", "v1".into()),
             ("PENWARDEN_AUTO_REGISTER_PENS", "false".into()),
@@ -67,7 +72,7 @@ async fn quarantine_redelivery_and_late_uploads() {
     let clinic =
         api::RegisterClinicRequest { clinic_id: "clinic-a".into(), chain_id: "chain-a".into(), name: "A1".into() };
     fleet.register_clinic(clinic).await.unwrap();
-    for pen in ["P1", "P2"] {
+    for pen in ["P1", "P2", "FLOODER"] {
         let request =
             api::RegisterPenRequest { pen_serial: pen.into(), clinic_id: "clinic-a".into(), model: "SP-2".into() };
         fleet.register_pen(request).await.unwrap();
@@ -83,6 +88,28 @@ async fn quarantine_redelivery_and_late_uploads() {
     let v2 = wire::PenEvent { schema_version: 2, pen_serial: "P1".into(), seq: 1, time_unix_ms: t0, kind: None };
     publisher.publish(&topic("P1"), v2.encode_to_vec()).await;
     publisher.publish(&topic("P1"), event("P1", 1, now_ms() + 10 * 365 * 86_400_000, end("s"))).await;
+    publisher.publish(&topic("P1"), vec![b'x'; 5000]).await;
+    let nan = wire::TelemetryBatch {
+        schema_version: 1,
+        pen_serial: "P1".into(),
+        seq: 1,
+        session_id: String::new(),
+        samples: vec![wire::Sample { time_unix_ms: t0, depth_mm: f64::NAN, ..Default::default() }],
+    };
+    publisher.publish("pw/v1/pens/P1/telemetry", nan.encode_to_vec()).await;
+    publisher.publish(&topic("P1"), b"{\"schemaVersion\":1,\"penSerial\":\"\xff\"}".to_vec()).await;
+    publisher.publish(&topic("P1"), format!("{}{}", "[".repeat(1000), "]".repeat(1000)).into_bytes()).await;
+    let unknown_area = wire::pen_event::Kind::SessionStarted(wire::SessionStarted {
+        session_id: "x".into(),
+        area: 99,
+        ..Default::default()
+    });
+    publisher.publish(&topic("P1"), event("P1", 1, t0, unknown_area)).await;
+    // A flood: the burst of 20 passes, the rest is quarantined.
+    for seq in 1..=25 {
+        let status = wire::pen_event::Kind::Status(wire::Status { battery_pct: 50.0, ..Default::default() });
+        publisher.publish(&topic("FLOODER"), event("FLOODER", seq, t0, status)).await;
+    }
 
     // P2 used the cartridge at t0 + 60 s; the message is delivered twice.
     publisher.publish(&topic("P2"), event("P2", 1, t0 + 60_000, start("late", CARTRIDGE))).await;
@@ -142,18 +169,23 @@ async fn quarantine_redelivery_and_late_uploads() {
     let mut quarantine = QuarantineServiceClient::connect(endpoint.clone()).await.unwrap();
     let listed = quarantine.list_quarantine(api::ListQuarantineRequest::default()).await.unwrap().into_inner();
     let expected: HashMap<String, u64> = [
-        "decode_error",
-        "unregistered_pen",
-        "serial_mismatch",
-        "topic_invalid",
-        "unsupported_schema_version",
-        "timestamp_out_of_range",
+        ("decode_error", 2),
+        ("unregistered_pen", 1),
+        ("serial_mismatch", 1),
+        ("topic_invalid", 1),
+        ("unsupported_schema_version", 1),
+        ("timestamp_out_of_range", 1),
+        ("payload_too_large", 1),
+        ("invalid_field", 2),
+        ("invalid_utf8", 1),
+        ("rate_limited", 5),
     ]
     .into_iter()
-    .map(|reason| (reason.to_string(), 1))
+    .map(|(reason, count)| (reason.to_string(), count))
     .collect();
     assert_eq!(listed.counts_by_reason, expected);
-    let garbage = listed.messages.iter().find(|m| m.reason == "decode_error").unwrap();
+    let garbage =
+        listed.messages.iter().find(|m| m.topic.ends_with("/telemetry") && m.reason == "decode_error").unwrap();
     assert_eq!(
         (garbage.pen_serial.as_str(), garbage.payload_len, garbage.payload_excerpt.as_str()),
         ("P1", 4, "\\xde\\xad\\xbe\\xef")

@@ -25,7 +25,7 @@ enum Command {
     /// Run MQTT ingest and the gRPC API in one process until SIGTERM or Ctrl-C.
     Serve {
         /// TOML config file; PENWARDEN_* environment variables override it.
-        #[arg(long)]
+        #[arg(long, env = "PENWARDEN_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Summarise the compliance record of a running penwarden over gRPC.

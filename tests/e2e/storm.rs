@@ -29,7 +29,7 @@ fn history(t0: i64) -> History {
     let mut history = History { messages: Vec::new(), samples: 0, sessions: 0, events: 0 };
     for (pen_index, pen) in ["STORM-A", "STORM-B", "STORM-C"].into_iter().enumerate() {
         let mut seq = 0;
-        let mut event = |history: &mut History, seq: &mut u64, time: i64, kind: Kind| {
+        let event = |history: &mut History, seq: &mut u64, time: i64, kind: Kind| {
             *seq += 1;
             let message = wire::PenEvent {
                 schema_version: 1,

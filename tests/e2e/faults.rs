@@ -30,20 +30,22 @@ fn kill_delays(count: usize) -> Vec<Duration> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_load_loses_and_duplicates_nothing() {
+async fn sigkill_and_sigterm_during_load_lose_and_duplicate_nothing() {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
     let mut penwarden = Penwarden::start(&mosquitto.url(), &v1_env(&influxd)).await;
-    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 18, &["--seed", "21"]));
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 20, &["--seed", "21"]));
     let delays = kill_delays(5);
     eprintln!("SIGKILL after {delays:?}");
     for delay in delays {
         tokio::time::sleep(delay).await;
         penwarden.kill_and_restart().await;
     }
+    // A graceful stop under load too: it drains, acks and exits 0.
+    penwarden.terminate_and_restart().await;
     let summary = finish_pensim(pensim).await;
     let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
-    eprintln!("after 5 SIGKILLs: {verified}");
+    eprintln!("after 5 SIGKILLs and a SIGTERM: {verified}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -346,6 +346,13 @@ impl Penwarden {
         self.process = Self::spawn(&self.env, self.grpc_addr).await;
     }
 
+    /// SIGTERM (must exit 0: in-flight work finished and acked), then start again.
+    pub async fn terminate_and_restart(&mut self) {
+        let status = self.process.terminate(Duration::from_secs(30));
+        assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");
+        self.process = Self::spawn(&self.env, self.grpc_addr).await;
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
     }

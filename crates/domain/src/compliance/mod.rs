@@ -7,9 +7,13 @@
 
 mod disinfection;
 mod reuse;
+mod session;
+mod thresholds;
 
 pub use disinfection::{judge_disinfection, PenFact, PenFactKind};
 pub use reuse::{judge_cartridge_reuse, CartridgeUse};
+pub use session::{judge_session, signed_message, LotFacts, SessionFacts};
+pub use thresholds::{firmware_at_least, AreaDepthLimits, LicenceDepthLimits, Thresholds};
 
 use std::fmt;
 

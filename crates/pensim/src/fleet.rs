@@ -104,7 +104,13 @@ impl Simulation {
         let rest = args.mqtt_url.strip_prefix("mqtt://").context("--mqtt-url must start with mqtt://")?;
         let (host, port) = rest.rsplit_once(':').map_or(Ok((rest, 1883)), |(h, p)| p.parse().map(|p| (h, p)))?;
         let mut options = MqttOptions::new(format!("pensim-{}-{}", args.seed, std::process::id()), host, port);
-        options.set_keep_alive(Duration::from_secs(30)).set_inflight(200).set_request_channel_capacity(10_000);
+        // A persistent session, like a real pen's: rumqttc drops unacknowledged publishes when
+        // it reconnects to a fresh session, so a broker restart would lose them otherwise.
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_inflight(200)
+            .set_request_channel_capacity(10_000);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         let acked = Arc::new(AtomicU64::new(0));
         // The first CONNACK proves the broker is there before any pen starts.

@@ -89,13 +89,24 @@ where
     }
 }
 
+/// Waits until the active violations, counted by rule, are exactly `expected`.
+pub(crate) async fn wait_for_violations(endpoint: &str, expected: &BTreeMap<String, u64>, expect_placement: bool) {
+    let found = wait_for("exactly the injected violations", SETTLE, || async {
+        let found = violations_by_rule(endpoint, expect_placement).await;
+        (&found == expected).then_some(found)
+    })
+    .await;
+    assert_eq!(&found, expected, "exactly the injected violations, no more, no fewer");
+}
+
 /// Waits until InfluxDB holds exactly pensim's samples and sessions and the record exactly its
-/// injected violations, then stops penwarden (SIGTERM, exit 0) and checks every event is in the
+/// injected violations (each with clinic and chain when `expect_placement`), then stops penwarden (SIGTERM, exit 0) and checks every event is in the
 /// store exactly once. Returns the verified counts for the test's log.
 pub(crate) async fn verify_exactly_once(
     influxd: &Influxd,
     penwarden: &mut Penwarden,
     summary: &serde_json::Value,
+    expect_placement: bool,
 ) -> String {
     let samples = summary["samples"].as_u64().expect("samples");
     let sessions = summary["sessions"].as_u64().expect("sessions");
@@ -110,12 +121,7 @@ pub(crate) async fn verify_exactly_once(
     let session_points =
         wait_for_count("a point per session", sessions, || count("SELECT count(strokes) FROM pen_session")).await;
     assert_eq!(session_points, sessions, "each session exactly once in InfluxDB");
-    let found = wait_for("exactly the injected violations", SETTLE, || async {
-        let found = violations_by_rule(&penwarden.endpoint(), false).await;
-        (found == expected).then_some(found)
-    })
-    .await;
-    assert_eq!(found, expected);
+    wait_for_violations(&penwarden.endpoint(), &expected, expect_placement).await;
 
     let status = penwarden.process.terminate(Duration::from_secs(30));
     assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");

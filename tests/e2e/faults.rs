@@ -44,7 +44,7 @@ async fn sigkill_and_sigterm_during_load_lose_and_duplicate_nothing() {
     // A graceful stop under load too: it drains, acks and exits 0.
     penwarden.terminate_and_restart().await;
     let summary = finish_pensim(pensim).await;
-    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary, false).await;
     eprintln!("after 5 SIGKILLs and a SIGTERM: {verified}");
 }
 
@@ -79,7 +79,7 @@ async fn influxdb_down_for_a_minute_is_spooled_then_replayed() {
         (metric(&metrics_addr, "penwarden_spool_bytes").await? == 0.0).then_some(())
     })
     .await;
-    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary, false).await;
     eprintln!("after a 60 s InfluxDB outage ({spooled} points spooled): {verified}");
 }
 
@@ -92,7 +92,7 @@ async fn broker_restart_during_load_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     mosquitto.restart().await;
     let summary = finish_pensim(pensim).await;
-    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary, false).await;
     eprintln!("after a broker restart: {verified}");
 }
 
@@ -127,6 +127,6 @@ async fn full_store_disk_stops_acking_and_recovers() {
     let summary = finish_pensim(pensim).await;
 
     std::fs::remove_file(&filler).expect("free the space");
-    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary, false).await;
     eprintln!("after the store's disk filled and was freed: {verified}");
 }

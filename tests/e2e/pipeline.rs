@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use penwarden_tests::{free_port, run_pensim, wait_for, Influxd, Mosquitto, Penwarden, Victoria};
 
-use crate::common::{injected, metric_value, violations_by_rule, SETTLE};
+use crate::common::{injected, metric_value, verify_exactly_once, wait_for_violations, SETTLE};
 
 fn pensim_args(mosquitto: &Mosquitto, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -47,32 +47,10 @@ async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
 
     let summary = run_pensim(&pensim_args(&mosquitto, &["--seed", "7", "--grpc-url", &penwarden.endpoint()])).await;
     let samples = summary["samples"].as_u64().expect("samples");
+    let sessions = summary["sessions"].as_u64().expect("sessions");
     let expected = injected(&summary);
-    assert!(samples > 0 && summary["sessions"].as_u64() > Some(8), "{summary}");
+    assert!(samples > 0 && sessions > 8, "{summary}");
     assert!(expected.get("CARTRIDGE_REUSE") > Some(&0) && expected.get("PEN_NOT_DISINFECTED") > Some(&0), "{summary}");
-
-    let query = "SELECT count(depth_mm) FROM pen_telemetry";
-    let landed = wait_for("every sample in InfluxDB", SETTLE, || async {
-        let count = influxd.query_scalar("penwarden", query).await?.as_u64()?;
-        (count >= samples).then_some(count)
-    })
-    .await;
-    assert_eq!(landed, samples, "InfluxDB holds each sample exactly once");
-
-    let sessions = summary["sessions"].as_u64().unwrap();
-    let session_points = wait_for("a point per session", SETTLE, || async {
-        let count = influxd.query_scalar("penwarden", "SELECT count(strokes) FROM pen_session").await?.as_u64()?;
-        (count >= sessions).then_some(count)
-    })
-    .await;
-    assert_eq!(session_points, sessions);
-
-    let found = wait_for("the injected violations", SETTLE, || async {
-        let found = violations_by_rule(&penwarden.endpoint(), true).await;
-        (found == expected).then_some(found)
-    })
-    .await;
-    assert_eq!(found, expected, "exactly the injected violations, no more, no fewer");
 
     // Prometheus: every message pensim sent was received and acknowledged, none quarantined.
     let messages = summary["messages"].as_u64().unwrap();
@@ -87,13 +65,14 @@ async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
     assert_eq!(metric_value(&acked.1, "penwarden_mqtt_messages_received_total"), Some(messages));
     assert_eq!(
         metric_value(&acked.1, "penwarden_influx_points_written_total"),
-        Some(samples + sessions + (expected.values().sum::<u64>()) + sessions)
+        // telemetry, a session point and a status point per session, a point per violation
+        Some(samples + 2 * sessions + expected.values().sum::<u64>())
     );
     assert!(!acked.1.contains("penwarden_messages_quarantined_total"), "nothing quarantined");
     assert!(acked.1.contains("penwarden_influx_write_duration_seconds_bucket"), "latency histogram exported");
 
-    let status = penwarden.process.terminate(Duration::from_secs(30));
-    assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary, true).await;
+    eprintln!("registered fleet over v1: {verified}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,12 +103,7 @@ async fn auto_registered_json_fleet_over_v2_lands_exactly_in_victoria_metrics() 
     .await;
     assert_eq!(landed, samples, "VictoriaMetrics holds each sample exactly once");
 
-    let found = wait_for("the injected violations", SETTLE, || async {
-        let found = violations_by_rule(&penwarden.endpoint(), false).await;
-        (found == expected).then_some(found)
-    })
-    .await;
-    assert_eq!(found, expected);
+    wait_for_violations(&penwarden.endpoint(), &expected, false).await;
 
     let status = penwarden.process.terminate(Duration::from_secs(30));
     assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");

@@ -141,6 +141,6 @@ async fn redelivery_storm_out_of_order_changes_nothing() {
         "event_messages": history.events,
         "violations_injected": { "CARTRIDGE_REUSE": 1, "PEN_NOT_DISINFECTED": 1 },
     });
-    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary).await;
+    let verified = verify_exactly_once(&influxd, &mut penwarden, &summary, false).await;
     eprintln!("after {COPIES} shuffled copies of every message: {verified}");
 }

@@ -5,9 +5,37 @@ use std::time::Duration;
 
 use penwarden_proto::api::v1 as api;
 use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
+use penwarden_proto::api::v1::fleet_service_client::FleetServiceClient;
 use penwarden_tests::{wait_for, Influxd, Mosquitto, Penwarden};
 
 pub(crate) const SETTLE: Duration = Duration::from_secs(90);
+
+/// The GTIN of the test manufacturer's cartridges.
+pub(crate) const GTIN: &str = "09506000134352";
+
+fn test_manufacturer() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[0x11; 32])
+}
+
+/// The signature a genuine cartridge with this UDI carries.
+pub(crate) fn sign(udi: &str) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let udi = penwarden_domain::Udi::parse(udi).expect("a valid UDI");
+    test_manufacturer().sign(&penwarden_domain::compliance::signed_message(&udi)).to_bytes().to_vec()
+}
+
+/// Registers a lot of the test manufacturer, so its signed cartridges verify.
+pub(crate) async fn register_lot(endpoint: &str, lot: &str) {
+    let mut fleet = FleetServiceClient::connect(endpoint.to_owned()).await.expect("connect");
+    let request = api::RegisterLotRequest {
+        gtin: GTIN.into(),
+        lot: lot.into(),
+        expiry: "2030-12-31".into(),
+        manufacturer_id: "test-manufacturer".into(),
+        public_key: test_manufacturer().verifying_key().to_bytes().to_vec(),
+    };
+    fleet.register_lot(request).await.expect("RegisterLot");
+}
 
 /// Every active violation, all pages, counted by rule; asserts each carries its context.
 pub(crate) async fn violations_by_rule(endpoint: &str, expect_placement: bool) -> BTreeMap<String, u64> {
@@ -50,10 +78,23 @@ pub(crate) fn injected(summary: &serde_json::Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
-pub(crate) fn pensim_args(mosquitto: &Mosquitto, pens: usize, duration_s: u64, extra: &[&str]) -> Vec<String> {
+/// pensim's arguments for a test fleet. `register`: `fleet` (pens registered) or `catalog`
+/// (only lots and operators; pens auto-register).
+pub(crate) fn pensim_args(
+    mosquitto: &Mosquitto,
+    penwarden: &Penwarden,
+    register: &str,
+    pens: usize,
+    duration_s: u64,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "--mqtt-url".to_string(),
         mosquitto.url(),
+        "--grpc-url".into(),
+        penwarden.endpoint(),
+        "--register".into(),
+        register.into(),
         "--pens".into(),
         pens.to_string(),
         "--clinics".into(),

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use penwarden_tests::{finish_pensim, free_port, metric, spawn_pensim, wait_for, Influxd, Mosquitto, Penwarden, Tmpfs};
+use penwarden_tests::{
+    finish_pensim, free_port, metric, run_pensim, spawn_pensim, wait_for, Influxd, Mosquitto, Penwarden, Tmpfs,
+};
 
 use crate::common::{pensim_args, verify_exactly_once};
 
@@ -34,7 +36,7 @@ async fn sigkill_and_sigterm_during_load_lose_and_duplicate_nothing() {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
     let mut penwarden = Penwarden::start(&mosquitto.url(), &v1_env(&influxd)).await;
-    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 20, &["--seed", "21"]));
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, &penwarden, "catalog", 10, 20, &["--seed", "21"]));
     let delays = kill_delays(5);
     eprintln!("SIGKILL after {delays:?}");
     for delay in delays {
@@ -56,7 +58,7 @@ async fn influxdb_down_for_a_minute_is_spooled_then_replayed() {
     let mut env = v1_env(&influxd);
     env.push(("PENWARDEN_METRICS_ADDR", metrics_addr.clone()));
     let mut penwarden = Penwarden::start(&mosquitto.url(), &env).await;
-    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 12, &["--seed", "22"]));
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, &penwarden, "catalog", 10, 12, &["--seed", "22"]));
     tokio::time::sleep(Duration::from_secs(3)).await;
     influxd.stop();
     let stopped = std::time::Instant::now();
@@ -88,7 +90,7 @@ async fn broker_restart_during_load_loses_nothing() {
     let mut mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
     let mut penwarden = Penwarden::start(&mosquitto.url(), &v1_env(&influxd)).await;
-    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 14, &["--seed", "23"]));
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, &penwarden, "catalog", 10, 14, &["--seed", "23"]));
     tokio::time::sleep(Duration::from_secs(5)).await;
     mosquitto.restart().await;
     let summary = finish_pensim(pensim).await;
@@ -109,10 +111,11 @@ async fn full_store_disk_stops_acking_and_recovers() {
     env.push(("PENWARDEN_METRICS_ADDR", metrics_addr.clone()));
     let mut penwarden = Penwarden::start_in(tmpfs.subdir(), &mosquitto.url(), &env).await;
 
-    // Leave the store no room to grow.
+    // Register the lots and operators while there is room, then leave the store none to grow.
+    run_pensim(&pensim_args(&mosquitto, &penwarden, "catalog", 1, 0, &[])).await;
     let filler = tmpfs.path().join("filler");
     tmpfs.fill(&filler);
-    let pensim = spawn_pensim(&pensim_args(&mosquitto, 10, 8, &["--seed", "24"]));
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, &penwarden, "none", 10, 8, &["--seed", "24"]));
     wait_for("store commits to fail", Duration::from_secs(30), || async {
         (metric(&metrics_addr, "penwarden_store_commit_failures_total").await? > 0.0).then_some(())
     })

@@ -2,31 +2,7 @@ use std::time::Duration;
 
 use penwarden_tests::{free_port, run_pensim, wait_for, Influxd, Mosquitto, Penwarden, Victoria};
 
-use crate::common::{injected, metric_value, verify_exactly_once, wait_for_violations, SETTLE};
-
-fn pensim_args(mosquitto: &Mosquitto, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--mqtt-url",
-        &mosquitto.url(),
-        "--pens",
-        "8",
-        "--clinics",
-        "4",
-        "--chains",
-        "2",
-        "--duration",
-        "8",
-        "--session-secs",
-        "1..2",
-        "--inject",
-        "reuse=0.25,no-disinfect=0.3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
+use crate::common::{injected, metric_value, pensim_args, verify_exactly_once, wait_for_violations, SETTLE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
@@ -45,7 +21,7 @@ async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
     )
     .await;
 
-    let summary = run_pensim(&pensim_args(&mosquitto, &["--seed", "7", "--grpc-url", &penwarden.endpoint()])).await;
+    let summary = run_pensim(&pensim_args(&mosquitto, &penwarden, "fleet", 8, 8, &["--seed", "7"])).await;
     let samples = summary["samples"].as_u64().expect("samples");
     let sessions = summary["sessions"].as_u64().expect("sessions");
     let expected = injected(&summary);
@@ -91,7 +67,7 @@ async fn auto_registered_json_fleet_over_v2_lands_exactly_in_victoria_metrics() 
     )
     .await;
 
-    let summary = run_pensim(&pensim_args(&mosquitto, &["--seed", "11", "--json"])).await;
+    let summary = run_pensim(&pensim_args(&mosquitto, &penwarden, "catalog", 8, 8, &["--seed", "11", "--json"])).await;
     let samples = summary["samples"].as_u64().expect("samples") as usize;
     let expected = injected(&summary);
     assert!(!expected.is_empty(), "{summary}");

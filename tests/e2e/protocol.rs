@@ -28,6 +28,7 @@ fn start(session: &str, udi: &str) -> wire::pen_event::Kind {
     wire::pen_event::Kind::SessionStarted(wire::SessionStarted {
         session_id: session.into(),
         cartridge_udi: udi.into(),
+        cartridge_signature: crate::common::sign(udi),
         area: wire::TreatmentArea::Cheek as i32,
         depth_setting_mm: 1.0,
         ..Default::default()
@@ -77,6 +78,7 @@ async fn quarantine_redelivery_and_late_uploads() {
             api::RegisterPenRequest { pen_serial: pen.into(), clinic_id: "clinic-a".into(), model: "SP-2".into() };
         fleet.register_pen(request).await.unwrap();
     }
+    crate::common::register_lot(&endpoint, "LOT9").await;
     let mut publisher = Publisher::connect(mosquitto.port).await;
     let t0 = now_ms() - 3_600_000;
 

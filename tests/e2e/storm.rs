@@ -6,7 +6,7 @@ use penwarden_proto::device::v1 as wire;
 use penwarden_tests::{Influxd, Mosquitto, Penwarden, Publisher};
 use prost::Message;
 
-use crate::common::verify_exactly_once;
+use crate::common::{register_lot, sign, verify_exactly_once};
 
 const COPIES: usize = 4;
 const SAMPLES_PER_BATCH: i64 = 5;
@@ -46,15 +46,10 @@ fn history(t0: i64) -> History {
             let session_id = format!("{pen}-s{session}");
             let cartridge =
                 if pen == "STORM-B" && session == 2 { udi("STORM-A-1") } else { udi(&format!("{pen}-{session}")) };
-            event(
-                &mut history,
-                &mut seq,
-                start - 3_000,
-                Kind::CartridgeAttached(wire::CartridgeAttached {
-                    cartridge_udi: cartridge.clone(),
-                    cartridge_signature: vec![],
-                }),
-            );
+            let signature = sign(&cartridge);
+            let attached =
+                wire::CartridgeAttached { cartridge_udi: cartridge.clone(), cartridge_signature: signature.clone() };
+            event(&mut history, &mut seq, start - 3_000, Kind::CartridgeAttached(attached));
             if !(pen == "STORM-C" && session == 3) {
                 let wipe =
                     wire::PenDisinfected { method: wire::DisinfectionMethod::AlcoholWipe as i32, sheath_changed: true };
@@ -63,7 +58,8 @@ fn history(t0: i64) -> History {
             let started = wire::SessionStarted {
                 session_id: session_id.clone(),
                 cartridge_udi: cartridge,
-                area: 3,
+                cartridge_signature: signature,
+                area: wire::TreatmentArea::Cheek as i32,
                 depth_setting_mm: 1.0,
                 ..Default::default()
             };
@@ -119,6 +115,7 @@ async fn redelivery_storm_out_of_order_changes_nothing() {
     .await;
     let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
     let history = history(t0);
+    register_lot(&penwarden.endpoint(), "STORM").await;
 
     // Every message COPIES times, in a deterministic shuffle (xorshift, Fisher-Yates).
     let mut storm: Vec<&(String, Vec<u8>)> =

@@ -1,21 +1,45 @@
 //! FleetService: registration of chains, clinics and pens; the pen list.
 
+use penwarden_domain::ids::OperatorId;
 use penwarden_domain::{ChainId, ClinicId, PenSerial};
 use penwarden_proto::api::v1 as pb;
 use penwarden_proto::api::v1::fleet_service_server::FleetService;
-use penwarden_store::{PenRow, Store};
+use penwarden_store::{LotRow, PenRow, Store};
 use tonic::{Request, Response, Status};
 
 use crate::status::{from_store, optional, required};
 
+/// Turns what a change to the record caused into time-series lines (wired by the binary, so
+/// the API does not know the InfluxDB schema).
+pub type DerivedLines = std::sync::Arc<dyn Fn(&penwarden_store::Effects) -> Vec<String> + Send + Sync>;
+
 pub struct FleetApi {
     store: Store,
+    derived_lines: DerivedLines,
 }
 
 impl FleetApi {
-    pub fn new(store: Store) -> Self {
-        FleetApi { store }
+    pub fn new(store: Store, derived_lines: DerivedLines) -> Self {
+        FleetApi { store, derived_lines }
     }
+}
+
+fn valid_gtin(gtin: &str) -> Result<(), Status> {
+    let digits = gtin.len() == 14 && gtin.bytes().all(|b| b.is_ascii_digit());
+    if !digits || penwarden_domain::udi::gtin_check_digit(&gtin.as_bytes()[..13]) != gtin.as_bytes()[13] - b'0' {
+        return Err(Status::invalid_argument(format!("gtin {gtin:?} is not a GTIN-14 with a valid check digit")));
+    }
+    Ok(())
+}
+
+fn valid_date(date: &str) -> Result<(), Status> {
+    let parts: Vec<&str> = date.split('-').collect();
+    let ok = parts.len() == 3
+        && [4, 2, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_digit()));
+    ok.then_some(()).ok_or_else(|| Status::invalid_argument(format!("expiry {date:?} must be YYYY-MM-DD")))
 }
 
 fn now_ms() -> i64 {
@@ -70,5 +94,61 @@ impl FleetService for FleetApi {
         let chain = optional("chain_id", &request.chain_id, ChainId::parse)?;
         let rows = self.store.list_pens(clinic.as_ref(), chain.as_ref()).await.map_err(from_store)?;
         Ok(Response::new(pb::ListPensResponse { pens: rows.into_iter().map(pen_message).collect() }))
+    }
+
+    async fn register_lot(&self, request: Request<pb::RegisterLotRequest>) -> Result<Response<pb::Lot>, Status> {
+        let request = request.into_inner();
+        valid_gtin(&request.gtin)?;
+        valid_date(&request.expiry)?;
+        if request.lot.is_empty() || request.lot.len() > 20 {
+            return Err(Status::invalid_argument("lot must be 1 to 20 characters"));
+        }
+        if request.manufacturer_id.is_empty() {
+            return Err(Status::invalid_argument("manufacturer_id is required"));
+        }
+        let lot = LotRow {
+            gtin: request.gtin,
+            lot: request.lot,
+            expiry: request.expiry,
+            manufacturer_id: request.manufacturer_id,
+            public_key: request.public_key,
+            recalled_ms: None,
+        };
+        let row = self.store.register_lot(&lot, now_ms()).await.map_err(from_store)?;
+        Ok(Response::new(pb::Lot {
+            gtin: row.gtin,
+            lot: row.lot,
+            expiry: row.expiry,
+            manufacturer_id: row.manufacturer_id,
+            public_key: row.public_key,
+        }))
+    }
+
+    async fn register_operator(
+        &self,
+        request: Request<pb::RegisterOperatorRequest>,
+    ) -> Result<Response<pb::Operator>, Status> {
+        let request = request.into_inner();
+        let operator = required("operator_id", &request.operator_id, OperatorId::parse)?;
+        let level = u8::try_from(request.licence_level)
+            .map_err(|_| Status::invalid_argument("licence_level must be 1, 2 or 3"))?;
+        self.store.register_operator(&operator, level, now_ms()).await.map_err(from_store)?;
+        Ok(Response::new(pb::Operator { operator_id: operator.to_string(), licence_level: request.licence_level }))
+    }
+
+    async fn recall_lot(
+        &self,
+        request: Request<pb::RecallLotRequest>,
+    ) -> Result<Response<pb::RecallLotResponse>, Status> {
+        let request = request.into_inner();
+        valid_gtin(&request.gtin)?;
+        let derived_lines = self.derived_lines.clone();
+        let effects = self
+            .store
+            .recall_lot(&request.gtin, &request.lot, &request.reason, now_ms(), |effects| derived_lines(effects))
+            .await
+            .map_err(from_store)?;
+        tracing::info!(gtin = %request.gtin, lot = %request.lot, sessions = effects.raised.len(), "lot recalled");
+        Ok(Response::new(pb::RecallLotResponse { violations_raised: effects.raised.len() as u32 }))
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use compliance::ComplianceApi;
-pub use fleet::FleetApi;
+pub use fleet::{DerivedLines, FleetApi};
 pub use quarantine::QuarantineApi;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +35,15 @@ pub enum Error {
 pub struct Server {
     listener: TcpListener,
     store: Store,
+    derived_lines: DerivedLines,
 }
 
 impl Server {
-    pub async fn bind(addr: SocketAddr, store: Store) -> Result<Server, Error> {
+    /// `derived_lines` turns changes the API makes to the record (a recall) into time-series
+    /// lines for the outbox.
+    pub async fn bind(addr: SocketAddr, store: Store, derived_lines: DerivedLines) -> Result<Server, Error> {
         let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-        Ok(Server { listener, store })
+        Ok(Server { listener, store, derived_lines })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -55,7 +58,7 @@ impl Server {
             .build_v1()?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let compliance = ComplianceServiceServer::new(ComplianceApi::new(self.store.clone()));
-        let fleet = FleetServiceServer::new(FleetApi::new(self.store.clone()));
+        let fleet = FleetServiceServer::new(FleetApi::new(self.store.clone(), self.derived_lines.clone()));
         let quarantine = QuarantineServiceServer::new(QuarantineApi::new(self.store.clone()));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         Ok(tokio::spawn(async move {

@@ -15,6 +15,22 @@ pub enum TreatmentArea {
 }
 
 impl TreatmentArea {
+    pub const ALL: [TreatmentArea; 8] = [
+        Self::Unspecified,
+        Self::Forehead,
+        Self::Periorbital,
+        Self::Cheek,
+        Self::Perioral,
+        Self::Neck,
+        Self::Scalp,
+        Self::Body,
+    ];
+
+    /// The inverse of [`as_str`](Self::as_str).
+    pub fn from_name(name: &str) -> Option<TreatmentArea> {
+        Self::ALL.into_iter().find(|area| area.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unspecified => "unspecified",

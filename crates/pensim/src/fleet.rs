@@ -33,10 +33,28 @@ impl Layout {
     }
 }
 
-pub(crate) async fn register(url: &str, layout: &Layout) -> anyhow::Result<()> {
+pub(crate) async fn register(url: &str, layout: &Layout, pens_too: bool) -> anyhow::Result<()> {
     use api::fleet_service_client::FleetServiceClient;
     let mut client =
         FleetServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to {url}"))?;
+    let public_key = demo_manufacturer().verifying_key().to_bytes().to_vec();
+    for lot in 1..=LOTS {
+        let request = api::RegisterLotRequest {
+            gtin: gtin(),
+            lot: format!("LOT{lot}"),
+            expiry: "2030-12-31".into(),
+            manufacturer_id: "demo-manufacturer".into(),
+            public_key: public_key.clone(),
+        };
+        client.register_lot(request).await?;
+    }
+    for operator in 1..=OPERATORS {
+        let request = api::RegisterOperatorRequest { operator_id: format!("op-{operator}"), licence_level: 3 };
+        client.register_operator(request).await?;
+    }
+    if !pens_too {
+        return Ok(());
+    }
     for chain in &layout.chains {
         client
             .register_chain(api::RegisterChainRequest { chain_id: chain.clone(), name: format!("Chain {chain}") })
@@ -59,6 +77,26 @@ pub(crate) async fn register(url: &str, layout: &Layout) -> anyhow::Result<()> {
 }
 
 const MODEL: &str = "SP-2";
+const LOTS: u64 = 7;
+const OPERATORS: u32 = 5;
+
+/// The demo manufacturer's signing key: a fixed, public seed. For simulation only.
+fn demo_manufacturer() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(b"penwarden-demo-manufacturer-key!")
+}
+
+fn gtin() -> String {
+    let check = gtin_check_digit(GTIN_BODY);
+    format!("{}{check}", std::str::from_utf8(GTIN_BODY).unwrap_or_default())
+}
+
+/// What a genuine cartridge's chip carries: the manufacturer's signature over its UDI.
+fn sign(udi: &str) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    Udi::parse(udi)
+        .map(|udi| demo_manufacturer().sign(&penwarden_domain::compliance::signed_message(&udi)).to_bytes().to_vec())
+        .unwrap_or_default()
+}
 const FIRMWARE: &str = "2.4.1";
 /// A GTIN-13 body for the demo manufacturer's cartridges; the check digit is computed.
 const GTIN_BODY: &[u8; 13] = b"0950600013435";
@@ -274,7 +312,8 @@ async fn run_pen(
     let mut seq = 0u64;
     shared.state(&pen, seq, true).await?;
     let mut battery = 100.0_f64;
-    let mut motor_seconds_total = rng.gen_range(0.0..3_600_000.0_f64);
+    // Up to 300 motor hours: well inside the service interval.
+    let mut motor_seconds_total = rng.gen_range(0.0..1_080_000.0_f64);
     let mut sessions = 0u64;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
@@ -289,30 +328,24 @@ async fn run_pen(
         let udi = reused.unwrap_or_else(|| new_udi(&pen, sessions + 1));
         let session_id = format!("{pen}-s{}", sessions + 1);
 
-        shared
-            .event(
-                &pen,
-                &mut seq,
-                Kind::CartridgeAttached(wire::CartridgeAttached {
-                    cartridge_udi: udi.clone(),
-                    cartridge_signature: vec![],
-                }),
-            )
-            .await?;
+        let signature = sign(&udi);
+        let attached = wire::CartridgeAttached { cartridge_udi: udi.clone(), cartridge_signature: signature.clone() };
+        shared.event(&pen, &mut seq, Kind::CartridgeAttached(attached)).await?;
         if !skip_disinfection {
             let method = wire::DisinfectionMethod::AlcoholWipe as i32;
             shared
                 .event(&pen, &mut seq, Kind::PenDisinfected(wire::PenDisinfected { method, sheath_changed: true }))
                 .await?;
         }
-        let depth = f64::from(rng.gen_range(2..=6u32)) * 0.25;
+        // 0.5 to 1.0 mm: within the default limits of every area simulated here.
+        let depth = f64::from(rng.gen_range(2..=4u32)) * 0.25;
         let area =
             [wire::TreatmentArea::Forehead, wire::TreatmentArea::Cheek, wire::TreatmentArea::Neck][rng.gen_range(0..3)];
         let start = wire::SessionStarted {
             session_id: session_id.clone(),
             cartridge_udi: udi.clone(),
-            cartridge_signature: vec![],
-            operator_id: format!("op-{}", rng.gen_range(1..=5)),
+            cartridge_signature: signature,
+            operator_id: format!("op-{}", rng.gen_range(1..=OPERATORS)),
             area: area as i32,
             depth_setting_mm: depth,
             client_ref_hash: String::new(),

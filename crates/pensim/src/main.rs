@@ -43,9 +43,14 @@ pub(crate) struct Args {
     pub(crate) session_secs: String,
     #[arg(long, default_value = "pw/v1")]
     pub(crate) topic_root: String,
-    /// Register chains, clinics and pens over penwarden's gRPC API first (http://host:port).
+    /// Register over penwarden's gRPC API first (http://host:port): see --register.
     #[arg(long)]
     pub(crate) grpc_url: Option<String>,
+    /// What to register with --grpc-url: `fleet` (chains, clinics, pens, operators and the
+    /// demo manufacturer's lots), `catalog` (operators and lots only; pens auto-register) or
+    /// `none` (registered earlier).
+    #[arg(long, default_value = "fleet", value_parser = ["fleet", "catalog", "none"])]
+    pub(crate) register: String,
     /// Publish the protobuf JSON mapping instead of binary protobuf.
     #[arg(long)]
     pub(crate) json: bool,
@@ -83,8 +88,8 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         .filter(|(a, b)| *a > 0.0 && a <= b)
         .context("--session-secs must look like 3..6")?;
     let layout = fleet::Layout::new(args.pens, args.clinics, args.chains.min(args.clinics));
-    if let Some(url) = &args.grpc_url {
-        fleet::register(url, &layout).await.context("registering the fleet over gRPC")?;
+    if let Some(url) = args.grpc_url.as_ref().filter(|_| args.register != "none") {
+        fleet::register(url, &layout, args.register == "fleet").await.context("registering over gRPC")?;
     }
     let simulation =
         fleet::Simulation::connect(&args, layout, Duration::from_secs_f64(min), Duration::from_secs_f64(max)).await?;

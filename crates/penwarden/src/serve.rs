@@ -44,7 +44,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "Prometheus metrics on /metrics");
     }
 
-    let api = penwarden_api::Server::bind(config.api.grpc_addr, store.clone()).await?;
+    let directory = store.directory().clone();
+    let derived_lines: penwarden_api::DerivedLines =
+        Arc::new(move |effects| penwarden_ingest::points::derived(effects, &directory));
+    let api = penwarden_api::Server::bind(config.api.grpc_addr, store.clone(), derived_lines).await?;
     let grpc_addr = api.local_addr()?;
     let ingest = penwarden_ingest::Service::connect(config.ingest.clone(), store.clone(), writer).await?;
     let stats = ingest.stats();

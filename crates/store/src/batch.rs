@@ -208,6 +208,8 @@ impl Store {
         let mut touched_pens: BTreeMap<PenSerial, u64> = BTreeMap::new();
         let mut touched_cartridges: BTreeSet<CartridgeKey> = BTreeSet::new();
         let mut ended: Vec<(PenSerial, SessionId)> = Vec::new();
+        // Sessions whose own facts changed: the session rules judge them again.
+        let mut touched_sessions: BTreeSet<SessionRef> = BTreeSet::new();
         for record in &batch.events {
             if !insert_event(&mut tx, record, now).await? {
                 effects.duplicate_events += 1;
@@ -217,13 +219,19 @@ impl Store {
             touch_last_seen(&mut tx, &record.pen, record.device_time_unix_ms).await?;
             let placement = self.directory.get(&record.pen).unwrap_or_default();
             match &record.event {
-                DeviceEvent::SessionStarted { .. } => {
+                DeviceEvent::SessionStarted { session_id, .. } => {
                     if let Some(key) = record_session_start(&mut tx, record, &placement, now).await? {
                         touched_cartridges.insert(key);
                     }
+                    touched_sessions.insert(SessionRef { pen: record.pen.clone(), session_id: session_id.clone() });
                 }
                 DeviceEvent::SessionEnded { session_id, .. } => {
                     record_session_end(&mut tx, record, &placement).await?;
+                    // Its motor time counts toward the cartridge's wear in every later session.
+                    if let Some(key) = session_cartridge(&mut tx, &record.pen, session_id).await? {
+                        touched_cartridges.insert(key);
+                    }
+                    touched_sessions.insert(SessionRef { pen: record.pen.clone(), session_id: session_id.clone() });
                     ended.push((record.pen.clone(), session_id.clone()));
                 }
                 DeviceEvent::Status { battery_pct, firmware, motor_hours } => {
@@ -255,7 +263,13 @@ impl Store {
         }
 
         for key in &touched_cartridges {
-            let judgements = judge_cartridge_reuse(&cartridge_uses(&mut tx, key).await?);
+            let uses = cartridge_uses(&mut tx, key).await?;
+            touched_sessions.extend(uses.iter().map(|usage| usage.session.clone()));
+            let judgements = judge_cartridge_reuse(&uses);
+            reconcile(&mut tx, &judgements, now, &mut effects).await?;
+        }
+        for session in &touched_sessions {
+            let judgements = crate::session_rules::judge(&mut tx, session, &self.thresholds).await?;
             reconcile(&mut tx, &judgements, now, &mut effects).await?;
         }
         for (pen, min_seq) in &touched_pens {
@@ -373,8 +387,15 @@ async fn record_session_start(
     placement: &PenPlacement,
     now: i64,
 ) -> Result<Option<CartridgeKey>> {
-    let DeviceEvent::SessionStarted { session_id, cartridge_udi, operator_id, area, depth_setting_mm, .. } =
-        &record.event
+    let DeviceEvent::SessionStarted {
+        session_id,
+        cartridge_udi,
+        cartridge_signature,
+        operator_id,
+        area,
+        depth_setting_mm,
+        ..
+    } = &record.event
     else {
         return Ok(None);
     };
@@ -395,14 +416,14 @@ async fn record_session_start(
     }
     sqlx::query(
         "INSERT INTO sessions (pen_serial, session_id, clinic_id, chain_id, start_seq, started_ms, cartridge_udi,
-             cartridge_gtin, cartridge_serial, cartridge_lot, operator_id, area, depth_setting_mm)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             cartridge_gtin, cartridge_serial, cartridge_lot, operator_id, area, depth_setting_mm, cartridge_signature)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (pen_serial, session_id) DO UPDATE SET
              clinic_id = excluded.clinic_id, chain_id = excluded.chain_id, start_seq = excluded.start_seq,
              started_ms = excluded.started_ms, cartridge_udi = excluded.cartridge_udi,
              cartridge_gtin = excluded.cartridge_gtin, cartridge_serial = excluded.cartridge_serial,
              cartridge_lot = excluded.cartridge_lot, operator_id = excluded.operator_id, area = excluded.area,
-             depth_setting_mm = excluded.depth_setting_mm",
+             depth_setting_mm = excluded.depth_setting_mm, cartridge_signature = excluded.cartridge_signature",
     )
     .bind(record.pen.as_str())
     .bind(session_id.as_str())
@@ -417,6 +438,7 @@ async fn record_session_start(
     .bind(operator_id.as_ref().map(|o| o.as_str()))
     .bind(area.as_str())
     .bind(depth_setting_mm)
+    .bind(cartridge_signature.as_slice())
     .execute(&mut **tx)
     .await?;
     Ok(udi.map(|u| u.key()))
@@ -452,6 +474,22 @@ async fn record_session_end(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+async fn session_cartridge(
+    tx: &mut Transaction<'_, Sqlite>,
+    pen: &PenSerial,
+    session_id: &SessionId,
+) -> Result<Option<CartridgeKey>> {
+    let row = sqlx::query(
+        "SELECT cartridge_gtin, cartridge_serial FROM sessions
+         WHERE pen_serial = ? AND session_id = ? AND cartridge_gtin IS NOT NULL AND cartridge_serial IS NOT NULL",
+    )
+    .bind(pen.as_str())
+    .bind(session_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|row| CartridgeKey { gtin: row.get(0), serial: row.get(1) }))
 }
 
 async fn cartridge_uses(tx: &mut Transaction<'_, Sqlite>, key: &CartridgeKey) -> Result<Vec<CartridgeUse>> {
@@ -517,7 +555,7 @@ fn stored_session_ref(pen: String, session_id: String) -> Option<SessionRef> {
 
 /// Makes the recorded violations agree with the judgements: raise what is new, retract what
 /// later evidence withdrew. Unchanged judgements write nothing.
-async fn reconcile(
+pub(crate) async fn reconcile(
     tx: &mut Transaction<'_, Sqlite>,
     judgements: &[Judgement],
     now: i64,

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use penwarden_domain::ids::OperatorId;
 use penwarden_domain::{ChainId, ClinicId, PenSerial};
 use sqlx::Row;
 
 use crate::directory::PenPlacement;
-use crate::{Error, Result, Store};
+use crate::{Effects, Error, Result, Store};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainRow {
@@ -213,5 +214,110 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::NotFound(_)));
+    }
+}
+
+/// A cartridge lot as its manufacturer registered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LotRow {
+    pub gtin: String,
+    pub lot: String,
+    pub expiry: String,
+    pub manufacturer_id: String,
+    pub public_key: Vec<u8>,
+    pub recalled_ms: Option<i64>,
+}
+
+impl Store {
+    /// Registers (or updates) a lot with the manufacturer's Ed25519 public key.
+    pub async fn register_lot(&self, lot: &LotRow, now_ms: i64) -> Result<LotRow> {
+        if lot.public_key.len() != 32 {
+            return Err(Error::Invalid(format!("public_key must be 32 bytes (Ed25519), got {}", lot.public_key.len())));
+        }
+        sqlx::query(
+            "INSERT INTO lots (gtin, lot, expiry, manufacturer_id, public_key, registered_ms) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (gtin, lot) DO UPDATE SET expiry = excluded.expiry,
+                 manufacturer_id = excluded.manufacturer_id, public_key = excluded.public_key",
+        )
+        .bind(&lot.gtin)
+        .bind(&lot.lot)
+        .bind(&lot.expiry)
+        .bind(&lot.manufacturer_id)
+        .bind(&lot.public_key)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(lot.clone())
+    }
+
+    /// Registers (or updates) an operator's licence level (1 to 3).
+    pub async fn register_operator(&self, operator: &OperatorId, licence_level: u8, now_ms: i64) -> Result<()> {
+        if !(1..=3).contains(&licence_level) {
+            return Err(Error::Invalid(format!("licence_level must be 1, 2 or 3, got {licence_level}")));
+        }
+        sqlx::query(
+            "INSERT INTO operators (operator_id, licence_level, registered_ms) VALUES (?, ?, ?)
+             ON CONFLICT (operator_id) DO UPDATE SET licence_level = excluded.licence_level",
+        )
+        .bind(operator.as_str())
+        .bind(i64::from(licence_level))
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Recalls a lot. Retroactive: every session that ever used it is judged again and gets a
+    /// CARTRIDGE_RECALLED violation, in one transaction with its time-series points.
+    pub async fn recall_lot(
+        &self,
+        gtin: &str,
+        lot: &str,
+        reason: &str,
+        now_ms: i64,
+        outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
+    ) -> Result<Effects> {
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE lots SET recalled_ms = COALESCE(recalled_ms, ?), recall_reason = ? WHERE gtin = ? AND lot = ?",
+        )
+        .bind(now_ms)
+        .bind(reason)
+        .bind(gtin)
+        .bind(lot)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(Error::NotFound(format!("lot {lot} of GTIN {gtin}")));
+        }
+        let sessions = sqlx::query(
+            "SELECT pen_serial, session_id FROM sessions WHERE cartridge_gtin = ? AND cartridge_lot = ? AND started_ms IS NOT NULL",
+        )
+        .bind(gtin)
+        .bind(lot)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut effects = Effects::default();
+        for row in &sessions {
+            let (Ok(pen), Ok(session_id)) =
+                (PenSerial::parse(row.get(0)), penwarden_domain::SessionId::parse(row.get(1)))
+            else {
+                continue;
+            };
+            let session = penwarden_domain::compliance::SessionRef { pen, session_id };
+            let judgements = crate::session_rules::judge(&mut tx, &session, &self.thresholds).await?;
+            crate::batch::reconcile(&mut tx, &judgements, now_ms, &mut effects).await?;
+        }
+        let lines = outbox_lines(&effects);
+        if !lines.is_empty() {
+            sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES (?, ?)")
+                .bind(lines.join("\n"))
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(effects)
     }
 }

@@ -8,12 +8,13 @@ mod batch;
 mod directory;
 mod fleet;
 mod queries;
+mod session_rules;
 
 pub use batch::{
     Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, QuarantineEntry, RaisedViolation, StatusReport,
 };
 pub use directory::{PenDirectory, PenPlacement};
-pub use fleet::{ChainRow, ClinicRow, PenRow};
+pub use fleet::{ChainRow, ClinicRow, LotRow, PenRow};
 pub use queries::{
     CartridgeView, PenSterilityView, QuarantineFilter, QuarantineRow, SessionView, ViolationFilter, ViolationRow,
 };
@@ -58,6 +59,7 @@ pub struct Store {
     /// behind (disk full) is rolled back on that same connection before anything else runs.
     writer: SqlitePool,
     directory: PenDirectory,
+    thresholds: std::sync::Arc<penwarden_domain::compliance::Thresholds>,
 }
 
 impl Store {
@@ -81,9 +83,15 @@ impl Store {
         sqlx::migrate!("./migrations").run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
         let directory = PenDirectory::default();
-        let store = Store { pool, writer, directory };
+        let store = Store { pool, writer, directory, thresholds: Default::default() };
         store.reload_directory().await?;
         Ok(store)
+    }
+
+    /// The thresholds the session rules judge with (defaults until set).
+    pub fn with_thresholds(mut self, thresholds: penwarden_domain::compliance::Thresholds) -> Store {
+        self.thresholds = std::sync::Arc::new(thresholds);
+        self
     }
 
     /// The in-memory view of registered pens that ingest consults for every message.

@@ -1,8 +1,10 @@
 //! The record's semantics through `apply_batch`: idempotent redelivery, order independence
 //! of verdicts, retraction instead of silent rewrite.
 
+use ed25519_dalek::{Signer, SigningKey};
+use penwarden_domain::compliance::signed_message;
 use penwarden_domain::{DeviceEvent, DisinfectionMethod, EventRecord, PenSerial, SessionId, TreatmentArea, Udi};
-use penwarden_store::{IngestBatch, Store, ViolationFilter};
+use penwarden_store::{IngestBatch, LotRow, Store, ViolationFilter};
 
 const UDI: &str = "(01)09506000134352(17)301231(10)LOT7(21)C-1";
 
@@ -10,7 +12,20 @@ fn pen(serial: &str) -> PenSerial {
     PenSerial::parse(serial).unwrap()
 }
 
+fn manufacturer() -> SigningKey {
+    SigningKey::from_bytes(&[42u8; 32])
+}
+
+/// The signature a genuine cartridge with this UDI carries.
+fn genuine(udi: &str) -> Vec<u8> {
+    Udi::parse(udi).map(|u| manufacturer().sign(&signed_message(&u)).to_bytes().to_vec()).unwrap_or_default()
+}
+
 fn start(pen_serial: &str, seq: u64, time: i64, session: &str, udi: &str) -> EventRecord {
+    start_signed(pen_serial, seq, time, session, udi, genuine(udi))
+}
+
+fn start_signed(pen_serial: &str, seq: u64, time: i64, session: &str, udi: &str, signature: Vec<u8>) -> EventRecord {
     EventRecord {
         pen: pen(pen_serial),
         seq,
@@ -18,7 +33,7 @@ fn start(pen_serial: &str, seq: u64, time: i64, session: &str, udi: &str) -> Eve
         event: DeviceEvent::SessionStarted {
             session_id: SessionId::parse(session).unwrap(),
             cartridge_udi: udi.into(),
-            cartridge_signature: vec![],
+            cartridge_signature: signature,
             operator_id: None,
             area: TreatmentArea::Cheek,
             depth_setting_mm: 1.0,
@@ -50,10 +65,25 @@ fn wipe(pen_serial: &str, seq: u64, time: i64) -> EventRecord {
     }
 }
 
+/// A store that knows the test manufacturer's lots LOT7 and L.
 async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite:{}", dir.path().join("t.db").display())).await.unwrap();
+    for lot in ["LOT7", "L"] {
+        store.register_lot(&lot_row(lot), 0).await.unwrap();
+    }
     (store, dir)
+}
+
+fn lot_row(lot: &str) -> LotRow {
+    LotRow {
+        gtin: "09506000134352".into(),
+        lot: lot.into(),
+        expiry: "2030-12-31".into(),
+        manufacturer_id: "acme".into(),
+        public_key: manufacturer().verifying_key().to_bytes().to_vec(),
+        recalled_ms: None,
+    }
 }
 
 async fn apply(store: &Store, events: Vec<EventRecord>) -> penwarden_store::Effects {
@@ -138,4 +168,50 @@ async fn outbox_lines_commit_with_the_batch() {
     store.delete_outbox(pending[1].id).await.unwrap();
     assert!(store.pending_outbox(10).await.unwrap().is_empty());
     assert_eq!(store.outbox_bytes().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn authenticity_expiry_and_retroactive_recall() {
+    let (store, _dir) = store().await;
+    let unknown_lot = "(01)09506000134352(17)301231(10)NOLOT(21)U1";
+    let forged = SigningKey::from_bytes(&[1u8; 32]).sign(b"anything").to_bytes().to_vec();
+    let expired = "(01)09506000134352(17)200131(10)L(21)OLD1";
+    apply(
+        &store,
+        vec![
+            start("P1", 1, 1_800_000_000_000, "fine", UDI),
+            start("P2", 1, 1_800_000_000_000, "unknown-lot", unknown_lot),
+            start_signed(
+                "P3",
+                1,
+                1_800_000_000_000,
+                "counterfeit",
+                "(01)09506000134352(17)301231(10)LOT7(21)F1",
+                forged,
+            ),
+            start("P4", 1, 1_800_000_000_000, "expired", expired),
+        ],
+    )
+    .await;
+    assert_eq!(active(&store, "CARTRIDGE_UNVERIFIED").await, ["counterfeit", "unknown-lot"]);
+    assert_eq!(active(&store, "CARTRIDGE_EXPIRED").await, ["expired"]);
+    assert!(active(&store, "CARTRIDGE_RECALLED").await.is_empty());
+
+    // The manufacturer recalls LOT7 later: the past session is flagged too, with its points.
+    let effects = store
+        .recall_lot("09506000134352", "LOT7", "sterility breach", 5, |e| vec![format!("{} raised", e.raised.len())])
+        .await
+        .unwrap();
+    assert_eq!(active(&store, "CARTRIDGE_RECALLED").await, ["counterfeit", "fine"]);
+    assert_eq!(effects.raised.len(), 2);
+    assert_eq!(store.pending_outbox(10).await.unwrap().last().unwrap().lines, "2 raised");
+    // A session on a recalled lot arriving afterwards is flagged on arrival.
+    apply(
+        &store,
+        vec![start("P5", 1, 1_800_000_000_000, "after-recall", "(01)09506000134352(17)301231(10)LOT7(21)C-9")],
+    )
+    .await;
+    assert_eq!(active(&store, "CARTRIDGE_RECALLED").await, ["after-recall", "counterfeit", "fine"]);
+    let missing = store.recall_lot("09506000134352", "NOPE", "x", 6, |_| Vec::new()).await;
+    assert!(matches!(missing, Err(penwarden_store::Error::NotFound(_))));
 }

@@ -157,7 +157,7 @@ mod tests {
         LotFacts { recalled, manufacturer_key: key().verifying_key().to_bytes() }
     }
 
-    fn signature(udi: &str) -> Vec<u8> {
+    fn sign_udi(udi: &str) -> Vec<u8> {
         key().sign(&signed_message(&Udi::parse(udi).unwrap())).to_bytes().to_vec()
     }
 
@@ -189,13 +189,13 @@ mod tests {
 
     #[test]
     fn a_genuine_cartridge_used_well_is_compliant() {
-        let (lot, signature) = (lot(false), signature(UDI));
+        let (lot, signature) = (lot(false), sign_udi(UDI));
         assert!(violated(&facts(Some(&lot), &signature)).is_empty());
     }
 
     #[test]
     fn the_raw_form_verifies_like_the_printed_one() {
-        let (lot, signature) = (lot(false), signature(UDI));
+        let (lot, signature) = (lot(false), sign_udi(UDI));
         let raw = Udi::parse(UDI).unwrap().to_raw();
         let session = SessionFacts { cartridge_udi: &raw, ..facts(Some(&lot), &signature) };
         assert!(violated(&session).is_empty());
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn counterfeits_unknown_lots_and_garbage_are_unverified() {
-        let (lot, signature) = (lot(false), signature(UDI));
+        let (lot, signature) = (lot(false), sign_udi(UDI));
         let forged = SigningKey::from_bytes(&[9u8; 32]).sign(UDI.as_bytes()).to_bytes().to_vec();
         assert_eq!(violated(&facts(Some(&lot), &forged)), ["CARTRIDGE_UNVERIFIED"]);
         assert_eq!(violated(&facts(Some(&lot), &[])), ["CARTRIDGE_UNVERIFIED"]);
@@ -211,13 +211,13 @@ mod tests {
         let garbage = SessionFacts { cartridge_udi: "not a udi", ..facts(Some(&lot), &signature) };
         assert_eq!(violated(&garbage), ["CARTRIDGE_UNVERIFIED"]);
         // A signature for another serial does not carry over.
-        let other = signature("(01)09506000134352(17)301231(10)LOT1(21)C2");
+        let other = sign_udi("(01)09506000134352(17)301231(10)LOT1(21)C2");
         assert_eq!(violated(&facts(Some(&lot), &other)), ["CARTRIDGE_UNVERIFIED"]);
     }
 
     #[test]
     fn expiry_recall_wear_depth_and_service() {
-        let (genuine, recalled_lot, signature) = (lot(false), lot(true), signature(UDI));
+        let (genuine, recalled_lot, signature) = (lot(false), lot(true), sign_udi(UDI));
         let base = facts(Some(&genuine), &signature);
         let after_expiry = Date { year: 2031, month: 1, day: 1 }.days_since_epoch() * 86_400_000;
         assert_eq!(violated(&SessionFacts { started_unix_ms: after_expiry, ..base.clone() }), ["CARTRIDGE_EXPIRED"]);

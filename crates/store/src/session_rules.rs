@@ -1,0 +1,65 @@
+//! Gathers the facts the session rules need from the record and asks the engine.
+
+use penwarden_domain::compliance::{judge_session, Judgement, LotFacts, SessionFacts, SessionRef, Thresholds};
+use penwarden_domain::TreatmentArea;
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::Result;
+
+/// Judges one session with the six session rules; no judgements until its start is known.
+/// Cartridge wear counts this session and every session of the same cartridge that started
+/// before it (by device time), so the verdict does not depend on arrival order.
+pub(crate) async fn judge(
+    tx: &mut Transaction<'_, Sqlite>,
+    session: &SessionRef,
+    thresholds: &Thresholds,
+) -> Result<Vec<Judgement>> {
+    let row = sqlx::query(
+        "SELECT s.started_ms, s.cartridge_udi, s.cartridge_signature, s.area, s.depth_setting_mm, s.max_depth_mm,
+             o.licence_level, p.motor_hours, p.firmware, l.public_key, l.recalled_ms,
+             (SELECT COALESCE(SUM(c.motor_seconds), 0.0) FROM sessions c
+              WHERE c.cartridge_gtin = s.cartridge_gtin AND c.cartridge_serial = s.cartridge_serial
+                AND c.started_ms <= s.started_ms),
+             (SELECT COALESCE(SUM(c.strokes), 0) FROM sessions c
+              WHERE c.cartridge_gtin = s.cartridge_gtin AND c.cartridge_serial = s.cartridge_serial
+                AND c.started_ms <= s.started_ms)
+         FROM sessions s
+         LEFT JOIN operators o ON o.operator_id = s.operator_id
+         LEFT JOIN pens p ON p.pen_serial = s.pen_serial
+         LEFT JOIN lots l ON l.gtin = s.cartridge_gtin AND l.lot = s.cartridge_lot
+         WHERE s.pen_serial = ? AND s.session_id = ? AND s.started_ms IS NOT NULL",
+    )
+    .bind(session.pen.as_str())
+    .bind(session.session_id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(Vec::new()) };
+
+    let udi: String = row.get::<Option<String>, _>(1).unwrap_or_default();
+    let signature: Vec<u8> = row.get::<Option<Vec<u8>>, _>(2).unwrap_or_default();
+    let lot = row.get::<Option<Vec<u8>>, _>(9).map(|key| LotFacts {
+        recalled: row.get::<Option<i64>, _>(10).is_some(),
+        // A stored key of the wrong length cannot verify anything: all zeros is rejected.
+        manufacturer_key: key.try_into().unwrap_or([0u8; 32]),
+    });
+    let firmware: Option<String> = row.get(8);
+    let facts = SessionFacts {
+        session: session.clone(),
+        started_unix_ms: row.get(0),
+        cartridge_udi: &udi,
+        cartridge_signature: &signature,
+        lot: lot.as_ref(),
+        area: row
+            .get::<Option<String>, _>(3)
+            .and_then(|a| TreatmentArea::from_name(&a))
+            .unwrap_or(TreatmentArea::Unspecified),
+        depth_setting_mm: row.get::<Option<f64>, _>(4).unwrap_or(0.0),
+        max_depth_mm: row.get(5),
+        operator_licence_level: row.get::<Option<i64>, _>(6).and_then(|level| u8::try_from(level).ok()),
+        cartridge_motor_seconds: row.get(11),
+        cartridge_strokes: row.get::<i64, _>(12).max(0) as u64,
+        pen_motor_hours: row.get(7),
+        pen_firmware: firmware.as_deref(),
+    };
+    Ok(judge_session(&facts, thresholds))
+}

@@ -283,14 +283,7 @@ impl Store {
             }
         }
 
-        let lines = outbox_lines(&effects);
-        if !lines.is_empty() {
-            sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES (?, ?)")
-                .bind(lines.join("\n"))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_outbox(&mut tx, outbox_lines(&effects), now).await?;
         tx.commit().await?;
         Ok(effects)
     }
@@ -335,6 +328,18 @@ pub struct OutboxRow {
     pub id: i64,
     pub lines: String,
     pub created_ms: i64,
+}
+
+/// Adds lines to the outbox inside the transaction that caused them.
+pub(crate) async fn insert_outbox(tx: &mut Transaction<'_, Sqlite>, lines: Vec<String>, now_ms: i64) -> Result<()> {
+    if !lines.is_empty() {
+        sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES (?, ?)")
+            .bind(lines.join("\n"))
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn touch_last_seen(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, seen_ms: i64) -> Result<()> {

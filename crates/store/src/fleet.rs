@@ -309,14 +309,7 @@ impl Store {
             let judgements = crate::session_rules::judge(&mut tx, &session, &self.thresholds).await?;
             crate::batch::reconcile(&mut tx, &judgements, now_ms, &mut effects).await?;
         }
-        let lines = outbox_lines(&effects);
-        if !lines.is_empty() {
-            sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES (?, ?)")
-                .bind(lines.join("\n"))
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-        }
+        crate::batch::insert_outbox(&mut tx, outbox_lines(&effects), now_ms).await?;
         tx.commit().await?;
         Ok(effects)
     }

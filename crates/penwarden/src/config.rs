@@ -14,6 +14,8 @@ pub(crate) struct Config {
     pub(crate) store: StoreConfig,
     pub(crate) api: ApiConfig,
     pub(crate) metrics: MetricsConfig,
+    /// Thresholds of the compliance rules.
+    pub(crate) compliance: penwarden_domain::compliance::Thresholds,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,12 +128,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("penwarden-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(&file, "[influx]\napi = \"v1\"\ndatabase = \"fromfile\"\n[ingest]\nauto_register_pens = true\n")
-            .unwrap();
+        let text = "[influx]\napi = \"v1\"\ndatabase = \"fromfile\"\n[ingest]\nauto_register_pens = true\n\
+                    [compliance]\ncartridge_max_strokes = 1000\n[compliance.area_depth_limits_mm]\nperiorbital = 0.25\n";
+        std::fs::write(&file, text).unwrap();
         let config = Config::load(Some(&file), env(&[("PENWARDEN_INFLUX_DB", "fromenv")])).unwrap();
         assert_eq!(config.influx.api, penwarden_influx::Api::V1);
         assert_eq!(config.influx.database, "fromenv");
         assert!(config.ingest.auto_register_pens);
+        assert_eq!(config.compliance.cartridge_max_strokes, 1000);
+        assert_eq!(config.compliance.area_depth_limits_mm.periorbital, 0.25);
+        assert_eq!(config.compliance.area_depth_limits_mm.cheek, 1.5, "unset keys keep their defaults");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -26,7 +26,7 @@ pub(crate) fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let store = Store::connect(&config.store.url).await?;
+    let store = Store::connect(&config.store.url).await?.with_thresholds(config.compliance.clone());
     let writer = penwarden_influx::Writer::new(config.influx.clone())?;
     writer.check().await?;
     writer.ensure_database().await?;

@@ -147,7 +147,9 @@ impl Simulation {
         options
             .set_clean_session(false)
             .set_keep_alive(Duration::from_secs(30))
-            .set_inflight(200)
+            // rumqttc reuses packet ids modulo its inflight limit; after a reconnect, replayed
+            // publishes can collide with new ones and stall. A full 16-bit id space avoids it.
+            .set_inflight(u16::MAX)
             .set_request_channel_capacity(10_000);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         let acked = Arc::new(AtomicU64::new(0));

@@ -32,8 +32,12 @@ impl FloodGuard {
         if self.burst <= 0.0 {
             return true;
         }
+        if !self.buckets.contains_key(pen) {
+            // Cloning the serial only for a pen's first message keeps the hot path allocation-free.
+            self.buckets.insert(pen.clone(), Bucket { tokens: self.burst, updated_ms: now_ms });
+        }
         let burst = self.burst;
-        let bucket = self.buckets.entry(pen.clone()).or_insert(Bucket { tokens: burst, updated_ms: now_ms });
+        let Some(bucket) = self.buckets.get_mut(pen) else { return true };
         let elapsed = (now_ms - bucket.updated_ms).max(0) as f64;
         bucket.tokens = (bucket.tokens + elapsed * self.rate_per_ms).min(burst);
         bucket.updated_ms = now_ms;

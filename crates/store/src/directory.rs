@@ -24,14 +24,6 @@ impl PenDirectory {
         self.read().get(pen).cloned()
     }
 
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub(crate) fn insert(&self, pen: PenSerial, placement: PenPlacement) {
         self.pens.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pen, Arc::new(placement));
     }

@@ -288,13 +288,6 @@ impl Store {
     pub async fn event_count(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM pen_events").fetch_one(&self.pool).await?)
     }
-
-    /// Sessions with a start, for summaries.
-    pub async fn session_count(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE start_seq IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await?)
-    }
 }
 
 fn session_view(row: &sqlx::sqlite::SqliteRow) -> SessionView {

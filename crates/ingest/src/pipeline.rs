@@ -189,6 +189,7 @@ impl Pipeline {
                     let placement = directory.get(&telemetry.pen).unwrap_or_default();
                     points::telemetry(&mut self.lines, &telemetry, &placement);
                     self.stats.samples.fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
+                    batch.telemetry_seqs.push((telemetry.pen.clone(), telemetry.seq));
                     if let Some(latest) = telemetry.samples.iter().map(|s| s.time_unix_ms).max() {
                         let seen = batch.telemetry_seen.entry(telemetry.pen).or_insert(latest);
                         *seen = (*seen).max(latest);

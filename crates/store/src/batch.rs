@@ -45,6 +45,8 @@ pub struct IngestBatch {
     pub states: Vec<PenStateUpdate>,
     /// Latest telemetry sample time per pen, for last-seen.
     pub telemetry_seen: BTreeMap<PenSerial, i64>,
+    /// The sequence number of every telemetry message, for TELEMETRY_GAP.
+    pub telemetry_seqs: Vec<(PenSerial, u64)>,
     pub quarantine: Vec<QuarantineEntry>,
 }
 
@@ -54,6 +56,7 @@ impl IngestBatch {
             && self.events.is_empty()
             && self.states.is_empty()
             && self.telemetry_seen.is_empty()
+            && self.telemetry_seqs.is_empty()
             && self.quarantine.is_empty()
     }
 }
@@ -205,6 +208,27 @@ impl Store {
             touch_last_seen(&mut tx, pen, *seen_ms).await?;
         }
 
+        // The range of sequence numbers each pen newly filled in: a late message can close a
+        // session's telemetry gap.
+        let mut new_seqs: BTreeMap<&PenSerial, (u64, u64)> = BTreeMap::new();
+        let mut note_new_seq = |pen, seq| {
+            let range = new_seqs.entry(pen).or_insert((seq, seq));
+            *range = (range.0.min(seq), range.1.max(seq));
+        };
+        for (pen, seq) in &batch.telemetry_seqs {
+            let inserted = sqlx::query(
+                "INSERT INTO telemetry_seqs (pen_serial, seq) VALUES (?, ?) ON CONFLICT (pen_serial, seq) DO NOTHING",
+            )
+            .bind(pen.as_str())
+            .bind(*seq as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                note_new_seq(pen, *seq);
+            }
+        }
+
         let mut touched_pens: BTreeMap<PenSerial, u64> = BTreeMap::new();
         let mut touched_cartridges: BTreeSet<CartridgeKey> = BTreeSet::new();
         let mut ended: Vec<(PenSerial, SessionId)> = Vec::new();
@@ -216,6 +240,7 @@ impl Store {
                 continue;
             }
             effects.new_events += 1;
+            note_new_seq(&record.pen, record.seq);
             touch_last_seen(&mut tx, &record.pen, record.device_time_unix_ms).await?;
             let placement = self.directory.get(&record.pen).unwrap_or_default();
             match &record.event {
@@ -262,6 +287,9 @@ impl Store {
             }
         }
 
+        for (pen, (min_seq, max_seq)) in new_seqs {
+            touched_sessions.extend(gapped_sessions_overlapping(&mut tx, pen, min_seq, max_seq).await?);
+        }
         for key in &touched_cartridges {
             let uses = cartridge_uses(&mut tx, key).await?;
             touched_sessions.extend(uses.iter().map(|usage| usage.session.clone()));
@@ -552,6 +580,28 @@ async fn pen_window(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, min_seq: 
         })
         .collect();
     Ok((facts, anchor.is_some()))
+}
+
+/// Sessions of `pen` with an active TELEMETRY_GAP whose span overlaps `min_seq..=max_seq`:
+/// the messages just received may be the missing ones.
+async fn gapped_sessions_overlapping(
+    tx: &mut Transaction<'_, Sqlite>,
+    pen: &PenSerial,
+    min_seq: u64,
+    max_seq: u64,
+) -> Result<Vec<SessionRef>> {
+    let rows = sqlx::query(
+        "SELECT s.pen_serial, s.session_id FROM violations v
+         JOIN sessions s ON s.pen_serial = v.pen_serial AND s.session_id = v.session_id
+         WHERE v.rule = ? AND v.pen_serial = ? AND v.retracted_ms IS NULL AND s.start_seq < ? AND s.end_seq > ?",
+    )
+    .bind(Rule::TelemetryGap.id())
+    .bind(pen.as_str())
+    .bind(max_seq as i64)
+    .bind(min_seq as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().filter_map(|row| stored_session_ref(row.get(0), row.get(1))).collect())
 }
 
 fn stored_session_ref(pen: String, session_id: String) -> Option<SessionRef> {

@@ -1,6 +1,6 @@
 //! Reads for the API: cartridges, pen sterility, violations.
 
-use penwarden_domain::compliance::{session_verdict, Verdict};
+use penwarden_domain::compliance::{session_verdict, Rule, Verdict};
 use penwarden_domain::{CartridgeKey, PenSerial};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -310,7 +310,11 @@ fn session_view(row: &sqlx::sqlite::SqliteRow) -> SessionView {
         strokes: row.get(11),
         motor_seconds: row.get(12),
         max_depth_mm: row.get(13),
-        verdict: session_verdict(started_ms.is_some(), ended_ms.is_some(), violated_rules.len()),
+        verdict: session_verdict(
+            started_ms.is_some(),
+            ended_ms.is_some(),
+            &violated_rules.iter().filter_map(|id| Rule::from_id(id)).collect::<Vec<_>>(),
+        ),
         violated_rules,
     }
 }

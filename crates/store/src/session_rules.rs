@@ -1,12 +1,15 @@
 //! Gathers the facts the session rules need from the record and asks the engine.
 
-use penwarden_domain::compliance::{judge_session, Judgement, LotFacts, SessionFacts, SessionRef, Thresholds};
+use penwarden_domain::compliance::{
+    judge_session, judge_telemetry_gap, Judgement, LotFacts, SessionFacts, SessionRef, SessionSpan, Thresholds,
+};
 use penwarden_domain::TreatmentArea;
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::Result;
 
-/// Judges one session with the six session rules; no judgements until its start is known.
+/// Judges one session with the six session rules, and TELEMETRY_GAP once it has ended; no
+/// judgements until its start is known.
 /// Cartridge wear counts this session and every session of the same cartridge that started
 /// before it (by device time), so the verdict does not depend on arrival order.
 pub(crate) async fn judge(
@@ -22,7 +25,8 @@ pub(crate) async fn judge(
                 AND c.started_ms <= s.started_ms),
              (SELECT COALESCE(SUM(c.strokes), 0) FROM sessions c
               WHERE c.cartridge_gtin = s.cartridge_gtin AND c.cartridge_serial = s.cartridge_serial
-                AND c.started_ms <= s.started_ms)
+                AND c.started_ms <= s.started_ms),
+             s.start_seq, s.end_seq
          FROM sessions s
          LEFT JOIN operators o ON o.operator_id = s.operator_id
          LEFT JOIN pens p ON p.pen_serial = s.pen_serial
@@ -61,5 +65,37 @@ pub(crate) async fn judge(
         pen_motor_hours: row.get(7),
         pen_firmware: firmware.as_deref(),
     };
-    Ok(judge_session(&facts, thresholds))
+    let mut judgements = judge_session(&facts, thresholds);
+    if let (Some(start_seq), Some(end_seq)) = (row.get::<Option<i64>, _>(13), row.get::<Option<i64>, _>(14)) {
+        let received_inside = received_between(tx, session, start_seq, end_seq).await?;
+        let span = SessionSpan {
+            session: session.clone(),
+            start_seq: start_seq.max(0) as u64,
+            end_seq: end_seq.max(0) as u64,
+            received_inside: &received_inside,
+        };
+        judgements.push(judge_telemetry_gap(&span));
+    }
+    Ok(judgements)
+}
+
+/// The pen's sequence numbers received strictly between `start_seq` and `end_seq`, events and
+/// telemetry alike, sorted and distinct.
+async fn received_between(
+    tx: &mut Transaction<'_, Sqlite>,
+    session: &SessionRef,
+    start_seq: i64,
+    end_seq: i64,
+) -> Result<Vec<u64>> {
+    let seqs: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM pen_events WHERE pen_serial = ?1 AND seq > ?2 AND seq < ?3
+         UNION SELECT seq FROM telemetry_seqs WHERE pen_serial = ?1 AND seq > ?2 AND seq < ?3
+         ORDER BY seq",
+    )
+    .bind(session.pen.as_str())
+    .bind(start_seq)
+    .bind(end_seq)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(seqs.into_iter().map(|seq| seq as u64).collect())
 }

@@ -215,3 +215,33 @@ async fn authenticity_expiry_and_retroactive_recall() {
     let missing = store.recall_lot("09506000134352", "NOPE", "x", 6, |_| Vec::new()).await;
     assert!(matches!(missing, Err(penwarden_store::Error::NotFound(_))));
 }
+
+async fn apply_telemetry(store: &Store, pen_serial: &str, seqs: &[u64]) -> penwarden_store::Effects {
+    let batch = IngestBatch {
+        received_ms: 1,
+        telemetry_seqs: seqs.iter().map(|seq| (pen(pen_serial), *seq)).collect(),
+        ..Default::default()
+    };
+    store.apply_batch(&batch, |_| Vec::new()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_telemetry_gap_is_raised_and_withdrawn_when_the_message_arrives_late() {
+    let (store, _dir) = store().await;
+    apply(&store, vec![wipe("P1", 1, 50), start("P1", 2, 100, "s", UDI)]).await;
+    apply_telemetry(&store, "P1", &[3, 5]).await;
+    assert!(active(&store, "TELEMETRY_GAP").await.is_empty(), "no verdict on a gap before the session ends");
+    let effects = apply(&store, vec![end("P1", 6, 200, "s")]).await;
+    assert_eq!(effects.raised.len(), 1, "{:?}", effects.raised);
+    assert!(effects.raised[0].explanation.contains("first missing seq 4"), "{}", effects.raised[0].explanation);
+    let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key()).await.unwrap();
+    assert_eq!(cartridge.sessions[0].verdict, penwarden_domain::compliance::Verdict::Incomplete);
+
+    // Redelivering what arrived changes nothing; the missing message closes the gap.
+    assert!(apply_telemetry(&store, "P1", &[3, 5]).await.retracted.is_empty());
+    let effects = apply_telemetry(&store, "P1", &[4]).await;
+    assert_eq!(effects.retracted.len(), 1);
+    assert!(active(&store, "TELEMETRY_GAP").await.is_empty());
+    let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key()).await.unwrap();
+    assert_eq!(cartridge.sessions[0].verdict, penwarden_domain::compliance::Verdict::Compliant);
+}

@@ -6,11 +6,13 @@
 //! records the change (a violation raised or retracted), never a silent rewrite.
 
 mod disinfection;
+mod gap;
 mod reuse;
 mod session;
 mod thresholds;
 
 pub use disinfection::{judge_disinfection, PenFact, PenFactKind};
+pub use gap::{judge_telemetry_gap, SessionSpan};
 pub use reuse::{judge_cartridge_reuse, CartridgeUse};
 pub use session::{judge_session, signed_message, LotFacts, SessionFacts};
 pub use thresholds::{firmware_at_least, AreaDepthLimits, LicenceDepthLimits, Thresholds};
@@ -125,15 +127,17 @@ impl Judgement {
 pub enum Verdict {
     Compliant,
     NonCompliant,
-    /// The session has not ended (or its start is missing), so the record is not complete.
+    /// The session has not ended, its start is missing, or messages inside it never arrived
+    /// (TELEMETRY_GAP alone): the evidence is not complete enough to call it compliant.
     Incomplete,
 }
 
-/// A session's verdict from what is known of it.
-pub fn session_verdict(started: bool, ended: bool, active_violations: usize) -> Verdict {
-    if active_violations > 0 {
+/// A session's verdict from what is known of it and its active violations. A telemetry gap
+/// alone does not make a session non-compliant: it makes its evidence incomplete.
+pub fn session_verdict(started: bool, ended: bool, violated: &[Rule]) -> Verdict {
+    if violated.iter().any(|rule| *rule != Rule::TelemetryGap) {
         Verdict::NonCompliant
-    } else if started && ended {
+    } else if started && ended && violated.is_empty() {
         Verdict::Compliant
     } else {
         Verdict::Incomplete
@@ -158,9 +162,11 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        assert_eq!(session_verdict(true, true, 0), Verdict::Compliant);
-        assert_eq!(session_verdict(true, false, 0), Verdict::Incomplete);
-        assert_eq!(session_verdict(true, false, 1), Verdict::NonCompliant);
-        assert_eq!(session_verdict(false, true, 0), Verdict::Incomplete);
+        assert_eq!(session_verdict(true, true, &[]), Verdict::Compliant);
+        assert_eq!(session_verdict(true, false, &[]), Verdict::Incomplete);
+        assert_eq!(session_verdict(true, false, &[Rule::DepthLimit]), Verdict::NonCompliant);
+        assert_eq!(session_verdict(false, true, &[]), Verdict::Incomplete);
+        assert_eq!(session_verdict(true, true, &[Rule::TelemetryGap]), Verdict::Incomplete);
+        assert_eq!(session_verdict(true, true, &[Rule::TelemetryGap, Rule::CartridgeReuse]), Verdict::NonCompliant);
     }
 }

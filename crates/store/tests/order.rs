@@ -1,0 +1,185 @@
+//! Order independence, proven through the ingest path: the same device messages applied in
+//! any arrival order, split into any batches, with redeliveries, leave exactly the active
+//! violations that in-order processing leaves.
+
+use std::collections::BTreeSet;
+
+use ed25519_dalek::{Signer, SigningKey};
+use penwarden_domain::compliance::signed_message;
+use penwarden_domain::{DeviceEvent, DisinfectionMethod, EventRecord, PenSerial, SessionId, TreatmentArea, Udi};
+use penwarden_store::{IngestBatch, LotRow, Store, ViolationFilter};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Message {
+    Event(EventRecord),
+    Telemetry(PenSerial, u64),
+}
+
+/// One simulated session on a pen.
+#[derive(Debug, Clone)]
+struct SessionPlan {
+    disinfect_before: bool,
+    cartridge: usize,
+    telemetry: Vec<bool>,
+    depth_mm: f64,
+}
+
+fn manufacturer() -> SigningKey {
+    SigningKey::from_bytes(&[9u8; 32])
+}
+
+fn udi(cartridge: usize) -> String {
+    format!("(01)09506000134352(17)301231(10)L(21)C{cartridge}")
+}
+
+/// A pen's messages in sequence order; `keep` false marks a telemetry message the pen lost.
+fn pen_messages(pen: &PenSerial, start_ms: i64, sessions: &[SessionPlan]) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut seq = 0u64;
+    let mut time = start_ms;
+    let next = |seq: &mut u64, time: &mut i64| {
+        *seq += 1;
+        *time += 10;
+        (*seq, *time)
+    };
+    for (index, session) in sessions.iter().enumerate() {
+        let session_id = SessionId::parse(&format!("s{index}")).unwrap();
+        let event = |(seq, time): (u64, i64), event| {
+            Message::Event(EventRecord { pen: pen.clone(), seq, device_time_unix_ms: time, event })
+        };
+        if session.disinfect_before {
+            let kind = DeviceEvent::Disinfected { method: DisinfectionMethod::AlcoholWipe, sheath_changed: true };
+            messages.push(event(next(&mut seq, &mut time), kind));
+        }
+        let cartridge_udi = udi(session.cartridge);
+        let signature = manufacturer().sign(&signed_message(&Udi::parse(&cartridge_udi).unwrap())).to_bytes();
+        let start = DeviceEvent::SessionStarted {
+            session_id: session_id.clone(),
+            cartridge_udi,
+            cartridge_signature: signature.to_vec(),
+            operator_id: None,
+            area: TreatmentArea::Periorbital,
+            depth_setting_mm: session.depth_mm,
+        };
+        messages.push(event(next(&mut seq, &mut time), start));
+        for keep in &session.telemetry {
+            let (seq, _) = next(&mut seq, &mut time);
+            if *keep {
+                messages.push(Message::Telemetry(pen.clone(), seq));
+            }
+        }
+        let end = DeviceEvent::SessionEnded {
+            session_id,
+            duration_ms: 1000,
+            strokes: 100,
+            motor_seconds: 1.0,
+            max_depth_mm: session.depth_mm,
+        };
+        messages.push(event(next(&mut seq, &mut time), end));
+    }
+    messages
+}
+
+fn session_plan() -> impl Strategy<Value = SessionPlan> {
+    (prop::bool::weighted(0.7), 0usize..4, prop::collection::vec(prop::bool::weighted(0.85), 0..4), 1u32..4).prop_map(
+        |(disinfect_before, cartridge, telemetry, quarter_mm)| SessionPlan {
+            disinfect_before,
+            cartridge,
+            telemetry,
+            depth_mm: f64::from(quarter_mm) * 0.25,
+        },
+    )
+}
+
+/// Every message of 1 to 3 pens, in order, and an arrival plan: a permutation with some
+/// messages delivered twice, cut into batches.
+fn scenario() -> impl Strategy<Value = (Vec<Message>, Vec<usize>, Vec<usize>)> {
+    prop::collection::vec((0i64..200, prop::collection::vec(session_plan(), 1..4)), 1..4)
+        .prop_map(|pens| {
+            pens.iter()
+                .enumerate()
+                .flat_map(|(index, (start, sessions))| {
+                    pen_messages(&PenSerial::parse(&format!("P{index}")).unwrap(), start * 7, sessions)
+                })
+                .collect::<Vec<_>>()
+        })
+        .prop_flat_map(|messages| {
+            let count = messages.len();
+            let redelivered = prop::collection::vec(0..count, 0..=count / 3);
+            let arrival = (Just((0..count).collect::<Vec<_>>()), redelivered)
+                .prop_map(|(mut order, again)| {
+                    order.extend(again);
+                    order
+                })
+                .prop_shuffle();
+            let cuts = prop::collection::vec(1usize..6, 1..(count + 2));
+            (Just(messages), arrival, cuts)
+        })
+}
+
+async fn fresh_store(dir: &tempfile::TempDir, name: &str) -> Store {
+    let store = Store::connect(&format!("sqlite:{}", dir.path().join(name).display())).await.unwrap();
+    let lot = LotRow {
+        gtin: "09506000134352".into(),
+        lot: "L".into(),
+        expiry: "2030-12-31".into(),
+        manufacturer_id: "acme".into(),
+        public_key: manufacturer().verifying_key().to_bytes().to_vec(),
+        recalled_ms: None,
+    };
+    store.register_lot(&lot, 0).await.unwrap();
+    store
+}
+
+async fn apply(store: &Store, messages: &[&Message]) {
+    let mut batch = IngestBatch { received_ms: 1, ..Default::default() };
+    for message in messages {
+        match message {
+            Message::Event(record) => {
+                batch.auto_register.insert(record.pen.clone());
+                batch.events.push(record.clone());
+            }
+            Message::Telemetry(pen, seq) => {
+                batch.auto_register.insert(pen.clone());
+                batch.telemetry_seqs.push((pen.clone(), *seq));
+            }
+        }
+    }
+    store.apply_batch(&batch, |_| Vec::new()).await.unwrap();
+}
+
+/// The active violations as (rule, pen, session).
+async fn active(store: &Store) -> BTreeSet<(String, String, String)> {
+    let filter = ViolationFilter { limit: 1000, ..Default::default() };
+    let rows = store.list_violations(&filter).await.unwrap();
+    rows.into_iter().map(|v| (v.rule, v.pen_serial, v.session_id)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_arrival_order_gives_the_in_order_violations((messages, arrival, cuts) in scenario()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (in_order, shuffled) = runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let reference = fresh_store(&dir, "in-order.db").await;
+            apply(&reference, &messages.iter().collect::<Vec<_>>()).await;
+
+            let store = fresh_store(&dir, "shuffled.db").await;
+            let arrivals: Vec<&Message> = arrival.iter().map(|&index| &messages[index]).collect();
+            let mut rest = arrivals.as_slice();
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (batch, tail) = rest.split_at((*cut).min(rest.len()));
+                apply(&store, batch).await;
+                rest = tail;
+            }
+            (active(&reference).await, active(&store).await)
+        });
+        prop_assert_eq!(shuffled, in_order);
+    }
+}

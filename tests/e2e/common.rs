@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use penwarden_proto::api::v1 as api;
-use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
-use penwarden_proto::api::v1::fleet_service_client::FleetServiceClient;
 use penwarden_tests::{wait_for, Influxd, Mosquitto, Penwarden};
 
 pub(crate) const SETTLE: Duration = Duration::from_secs(90);
@@ -25,8 +23,8 @@ pub(crate) fn sign(udi: &str) -> Vec<u8> {
 }
 
 /// Registers a lot of the test manufacturer, so its signed cartridges verify.
-pub(crate) async fn register_lot(endpoint: &str, lot: &str) {
-    let mut fleet = FleetServiceClient::connect(endpoint.to_owned()).await.expect("connect");
+pub(crate) async fn register_lot(penwarden: &Penwarden, lot: &str) {
+    let mut fleet = penwarden.fleet().await;
     let request = api::RegisterLotRequest {
         gtin: GTIN.into(),
         lot: lot.into(),
@@ -38,8 +36,8 @@ pub(crate) async fn register_lot(endpoint: &str, lot: &str) {
 }
 
 /// Every active violation, all pages, counted by rule; asserts each carries its context.
-pub(crate) async fn violations_by_rule(endpoint: &str, expect_placement: bool) -> BTreeMap<String, u64> {
-    let mut client = ComplianceServiceClient::connect(endpoint.to_owned()).await.expect("connect");
+pub(crate) async fn violations_by_rule(penwarden: &Penwarden, expect_placement: bool) -> BTreeMap<String, u64> {
+    let mut client = penwarden.compliance().await;
     let mut counts = BTreeMap::new();
     let mut page_token = String::new();
     loop {
@@ -95,6 +93,8 @@ pub(crate) fn pensim_args(
         penwarden.endpoint(),
         "--register".into(),
         register.into(),
+        "--api-key".into(),
+        penwarden.admin_token.clone(),
         "--pens".into(),
         pens.to_string(),
         "--clinics".into(),
@@ -131,9 +131,13 @@ where
 }
 
 /// Waits until the active violations, counted by rule, are exactly `expected`.
-pub(crate) async fn wait_for_violations(endpoint: &str, expected: &BTreeMap<String, u64>, expect_placement: bool) {
+pub(crate) async fn wait_for_violations(
+    penwarden: &Penwarden,
+    expected: &BTreeMap<String, u64>,
+    expect_placement: bool,
+) {
     let found = wait_for("exactly the injected violations", SETTLE, || async {
-        let found = violations_by_rule(endpoint, expect_placement).await;
+        let found = violations_by_rule(penwarden, expect_placement).await;
         (&found == expected).then_some(found)
     })
     .await;
@@ -162,7 +166,7 @@ pub(crate) async fn verify_exactly_once(
     let session_points =
         wait_for_count("a point per session", sessions, || count("SELECT count(strokes) FROM pen_session")).await;
     assert_eq!(session_points, sessions, "each session exactly once in InfluxDB");
-    wait_for_violations(&penwarden.endpoint(), &expected, expect_placement).await;
+    wait_for_violations(penwarden, &expected, expect_placement).await;
 
     let status = penwarden.process.terminate(Duration::from_secs(30));
     assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");

@@ -41,8 +41,9 @@ async fn registered_fleet_over_v1_lands_exactly_in_influxdb_and_the_record() {
     assert_eq!(metric_value(&acked.1, "penwarden_mqtt_messages_received_total"), Some(messages));
     assert_eq!(
         metric_value(&acked.1, "penwarden_influx_points_written_total"),
-        // telemetry, a session point and a status point per session, a point per violation
-        Some(samples + 2 * sessions + expected.values().sum::<u64>())
+        // telemetry, a session point and a status point per session, a status point per pen at
+        // boot, a point per violation
+        Some(samples + 2 * sessions + summary["pens"].as_u64().unwrap() + expected.values().sum::<u64>())
     );
     assert!(!acked.1.contains("penwarden_messages_quarantined_total"), "nothing quarantined");
     assert!(acked.1.contains("penwarden_influx_write_duration_seconds_bucket"), "latency histogram exported");
@@ -79,7 +80,7 @@ async fn auto_registered_json_fleet_over_v2_lands_exactly_in_victoria_metrics() 
     .await;
     assert_eq!(landed, samples, "VictoriaMetrics holds each sample exactly once");
 
-    wait_for_violations(&penwarden.endpoint(), &expected, false).await;
+    wait_for_violations(&penwarden, &expected, false).await;
 
     let status = penwarden.process.terminate(Duration::from_secs(30));
     assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");

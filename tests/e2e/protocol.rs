@@ -5,9 +5,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use penwarden_proto::api::v1 as api;
-use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
-use penwarden_proto::api::v1::fleet_service_client::FleetServiceClient;
-use penwarden_proto::api::v1::quarantine_service_client::QuarantineServiceClient;
 use penwarden_proto::device::v1 as wire;
 use penwarden_tests::{wait_for, Influxd, Mosquitto, Penwarden, Publisher};
 use prost::Message;
@@ -43,8 +40,8 @@ fn topic(pen: &str) -> String {
     format!("pw/v1/pens/{pen}/events")
 }
 
-async fn violations(endpoint: &str, include_retracted: bool) -> Vec<api::Violation> {
-    let mut client = ComplianceServiceClient::connect(endpoint.to_owned()).await.unwrap();
+async fn violations(penwarden: &Penwarden, include_retracted: bool) -> Vec<api::Violation> {
+    let mut client = penwarden.compliance().await;
     let request = api::ListViolationsRequest { include_retracted, ..Default::default() };
     client.list_violations(request).await.unwrap().into_inner().violations
 }
@@ -67,18 +64,17 @@ async fn quarantine_redelivery_and_late_uploads() {
         ],
     )
     .await;
-    let endpoint = penwarden.endpoint();
-    let mut fleet = FleetServiceClient::connect(endpoint.clone()).await.unwrap();
+    let mut fleet = penwarden.fleet().await;
     fleet.register_chain(api::RegisterChainRequest { chain_id: "chain-a".into(), name: "A".into() }).await.unwrap();
     let clinic =
         api::RegisterClinicRequest { clinic_id: "clinic-a".into(), chain_id: "chain-a".into(), name: "A1".into() };
     fleet.register_clinic(clinic).await.unwrap();
     for pen in ["P1", "P2", "FLOODER"] {
         let request =
-            api::RegisterPenRequest { pen_serial: pen.into(), clinic_id: "clinic-a".into(), model: "SP-2".into() };
+            api::RegisterPenRequest { pen_serial: pen.into(), clinic_id: "clinic-a".into(), ..Default::default() };
         fleet.register_pen(request).await.unwrap();
     }
-    crate::common::register_lot(&endpoint, "LOT9").await;
+    crate::common::register_lot(&penwarden, "LOT9").await;
     let mut publisher = Publisher::connect(mosquitto.port).await;
     let t0 = now_ms() - 3_600_000;
 
@@ -116,7 +112,7 @@ async fn quarantine_redelivery_and_late_uploads() {
     // P2 used the cartridge at t0 + 60 s; the message is delivered twice.
     publisher.publish(&topic("P2"), event("P2", 1, t0 + 60_000, start("late", CARTRIDGE))).await;
     publisher.publish(&topic("P2"), event("P2", 1, t0 + 60_000, start("late", CARTRIDGE))).await;
-    let mut compliance = ComplianceServiceClient::connect(endpoint.clone()).await.unwrap();
+    let mut compliance = penwarden.compliance().await;
     let cartridge_request = api::GetCartridgeRequest { udi: CARTRIDGE.into(), ..Default::default() };
     wait_for("P2's session", Duration::from_secs(30), || {
         let mut compliance = compliance.clone();
@@ -124,16 +120,15 @@ async fn quarantine_redelivery_and_late_uploads() {
         async move { compliance.get_cartridge(request).await.ok().filter(|c| c.get_ref().sessions.len() == 1) }
     })
     .await;
-    assert!(violations(&endpoint, true).await.is_empty(), "one use so far is no violation");
+    assert!(violations(&penwarden, true).await.is_empty(), "one use so far is no violation");
 
     // P1 uploads late: it used the same cartridge first, then started another session without
     // disinfecting.
     publisher.publish(&topic("P1"), event("P1", 1, t0, start("early", CARTRIDGE))).await;
     publisher.publish(&topic("P1"), event("P1", 2, t0 + 1_000, end("early"))).await;
     publisher.publish(&topic("P1"), event("P1", 4, t0 + 2_000, start("next", OTHER_CARTRIDGE))).await;
-    let active = wait_for("reuse and no-disinfection violations", Duration::from_secs(30), || {
-        let endpoint = endpoint.clone();
-        async move { Some(violations(&endpoint, false).await).filter(|v| v.len() == 2) }
+    let active = wait_for("reuse and no-disinfection violations", Duration::from_secs(30), || async {
+        Some(violations(&penwarden, false).await).filter(|v| v.len() == 2)
     })
     .await;
     let rules: HashMap<_, _> = active.iter().map(|v| (v.rule.as_str(), v.session_id.as_str())).collect();
@@ -155,20 +150,19 @@ async fn quarantine_redelivery_and_late_uploads() {
     // The disinfection between the two sessions arrives last: the violation is retracted, visibly.
     let wipe = wire::pen_event::Kind::PenDisinfected(wire::PenDisinfected { method: 1, sheath_changed: true });
     publisher.publish(&topic("P1"), event("P1", 3, t0 + 1_500, wipe)).await;
-    let active = wait_for("the retraction", Duration::from_secs(30), || {
-        let endpoint = endpoint.clone();
-        async move { Some(violations(&endpoint, false).await).filter(|v| v.len() == 1) }
+    let active = wait_for("the retraction", Duration::from_secs(30), || async {
+        Some(violations(&penwarden, false).await).filter(|v| v.len() == 1)
     })
     .await;
     assert_eq!(active[0].rule, "CARTRIDGE_REUSE");
-    let all = violations(&endpoint, true).await;
+    let all = violations(&penwarden, true).await;
     let retracted: Vec<_> = all.iter().filter(|v| v.retracted_unix_ms > 0).collect();
     assert_eq!(retracted.len(), 1);
     assert_eq!(retracted[0].rule, "PEN_NOT_DISINFECTED");
     assert!(!retracted[0].retraction_reason.is_empty());
 
     // Every bad message is in the quarantine with its reason; nothing else is.
-    let mut quarantine = QuarantineServiceClient::connect(endpoint.clone()).await.unwrap();
+    let mut quarantine = penwarden.quarantine_as(&penwarden.admin_token).await;
     let listed = quarantine.list_quarantine(api::ListQuarantineRequest::default()).await.unwrap().into_inner();
     let expected: HashMap<String, u64> = [
         ("decode_error", 2),

@@ -115,7 +115,7 @@ async fn redelivery_storm_out_of_order_changes_nothing() {
     .await;
     let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
     let history = history(t0);
-    register_lot(&penwarden.endpoint(), "STORM").await;
+    register_lot(&penwarden, "STORM").await;
 
     // Every message COPIES times, in a deterministic shuffle (xorshift, Fisher-Yates).
     let mut storm: Vec<&(String, Vec<u8>)> =

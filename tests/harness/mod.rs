@@ -4,6 +4,9 @@
 //! The penwarden and pensim binaries must be built first (`cargo build --workspace --bins`,
 //! part of the README's test command); they are found beside the test executable.
 
+use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
+use penwarden_proto::api::v1::fleet_service_client::FleetServiceClient;
+use penwarden_proto::api::v1::quarantine_service_client::QuarantineServiceClient;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -306,6 +309,8 @@ pub struct Penwarden {
     pub grpc_addr: SocketAddr,
     pub process: Process,
     pub dir: tempfile::TempDir,
+    /// An admin API key's token, created before the first start.
+    pub admin_token: String,
     env: Vec<(String, String)>,
 }
 
@@ -326,8 +331,14 @@ impl Penwarden {
             ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
         ];
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let admin_token = create_api_key(&env, "admin", "");
         let process = Self::spawn(&env, grpc_addr).await;
-        Penwarden { grpc_addr, process, dir, env }
+        Penwarden { grpc_addr, process, dir, admin_token, env }
+    }
+
+    /// Creates an API key in this penwarden's store (as an operator would, with the CLI).
+    pub fn create_api_key(&self, role: &str, scope: &str) -> String {
+        create_api_key(&self.env, role, scope)
     }
 
     async fn spawn(env: &[(String, String)], grpc_addr: SocketAddr) -> Process {
@@ -361,6 +372,57 @@ impl Penwarden {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+}
+
+/// Runs `penwarden apikey create` against the store `env` names; returns the token.
+fn create_api_key(env: &[(String, String)], role: &str, scope: &str) -> String {
+    let output = std::process::Command::new(binary("penwarden"))
+        .args(["apikey", "create", "--role", role, "--scope", scope, "--label", "tests"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run penwarden apikey create");
+    assert!(output.status.success(), "apikey create failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8 token").trim().to_owned()
+}
+
+/// A gRPC channel that sends an API key with every call.
+pub type Authenticated =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, penwarden_proto::BearerToken>;
+
+async fn api_channel(endpoint: &str, token: &str) -> (tonic::transport::Channel, penwarden_proto::BearerToken) {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to penwarden");
+    (channel, penwarden_proto::BearerToken::new(token).expect("a header-safe token"))
+}
+
+impl Penwarden {
+    /// A ComplianceService client with the admin key.
+    pub async fn compliance(&self) -> ComplianceServiceClient<Authenticated> {
+        self.compliance_as(&self.admin_token).await
+    }
+
+    pub async fn compliance_as(&self, token: &str) -> ComplianceServiceClient<Authenticated> {
+        let (channel, token) = api_channel(&self.endpoint(), token).await;
+        ComplianceServiceClient::with_interceptor(channel, token)
+    }
+
+    /// A FleetService client with the admin key.
+    pub async fn fleet(&self) -> FleetServiceClient<Authenticated> {
+        self.fleet_as(&self.admin_token).await
+    }
+
+    pub async fn fleet_as(&self, token: &str) -> FleetServiceClient<Authenticated> {
+        let (channel, token) = api_channel(&self.endpoint(), token).await;
+        FleetServiceClient::with_interceptor(channel, token)
+    }
+
+    pub async fn quarantine_as(&self, token: &str) -> QuarantineServiceClient<Authenticated> {
+        let (channel, token) = api_channel(&self.endpoint(), token).await;
+        QuarantineServiceClient::with_interceptor(channel, token)
     }
 }
 

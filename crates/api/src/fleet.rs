@@ -4,9 +4,13 @@ use penwarden_domain::ids::OperatorId;
 use penwarden_domain::{ChainId, ClinicId, PenSerial};
 use penwarden_proto::api::v1 as pb;
 use penwarden_proto::api::v1::fleet_service_server::FleetService;
+use std::sync::Arc;
+
+use penwarden_domain::access::Scope;
 use penwarden_store::{LotRow, PenRow, Store};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{check_place_filters, require_admin, Authenticator};
 use crate::status::{from_store, optional, required};
 
 /// Turns what a change to the record caused into time-series lines (wired by the binary, so
@@ -16,11 +20,26 @@ pub type DerivedLines = std::sync::Arc<dyn Fn(&penwarden_store::Effects) -> Vec<
 pub struct FleetApi {
     store: Store,
     derived_lines: DerivedLines,
+    auth: Arc<Authenticator>,
 }
 
 impl FleetApi {
-    pub fn new(store: Store, derived_lines: DerivedLines) -> Self {
-        FleetApi { store, derived_lines }
+    pub(crate) fn new(store: Store, derived_lines: DerivedLines, auth: Arc<Authenticator>) -> Self {
+        FleetApi { store, derived_lines, auth }
+    }
+}
+
+fn denied(what: &str, scope: &Scope) -> Status {
+    Status::permission_denied(format!("{what} is outside this key's scope ({scope})"))
+}
+
+/// The manufacturer a manufacturer key acts for: its own, whatever the request says (an empty
+/// field means "mine"; another manufacturer's id is refused).
+fn acting_manufacturer(scope: &Scope, requested: &str) -> Result<String, Status> {
+    match scope {
+        Scope::Manufacturer(own) if requested.is_empty() || requested == own => Ok(own.clone()),
+        Scope::Manufacturer(_) => Err(denied("manufacturer_id", scope)),
+        _ => Ok(requested.to_owned()),
     }
 }
 
@@ -57,12 +76,14 @@ fn pen_message(row: PenRow) -> pb::Pen {
         last_seen_unix_ms: row.last_seen_ms.unwrap_or_default(),
         battery_pct: row.battery_pct.unwrap_or_default(),
         motor_hours: row.motor_hours.unwrap_or_default(),
+        manufacturer_id: row.manufacturer_id.unwrap_or_default(),
     }
 }
 
 #[tonic::async_trait]
 impl FleetService for FleetApi {
     async fn register_chain(&self, request: Request<pb::RegisterChainRequest>) -> Result<Response<pb::Chain>, Status> {
+        require_admin(&self.auth.scope(&request).await?, "RegisterChain")?;
         let request = request.into_inner();
         let chain = required("chain_id", &request.chain_id, ChainId::parse)?;
         let row = self.store.register_chain(&chain, &request.name, now_ms()).await.map_err(from_store)?;
@@ -73,33 +94,99 @@ impl FleetService for FleetApi {
         &self,
         request: Request<pb::RegisterClinicRequest>,
     ) -> Result<Response<pb::Clinic>, Status> {
+        let scope = self.auth.scope(&request).await?;
         let request = request.into_inner();
         let clinic = required("clinic_id", &request.clinic_id, ClinicId::parse)?;
         let chain = required("chain_id", &request.chain_id, ChainId::parse)?;
+        match &scope {
+            Scope::All => {}
+            Scope::Chain(own) if *own == chain => {
+                // A chain may not take over another chain's clinic by registering its id.
+                let current = self.store.clinic_chain(&clinic).await.map_err(from_store)?;
+                if current.is_some_and(|current| current != own.as_str()) {
+                    return Err(denied("clinic_id", &scope));
+                }
+            }
+            _ => return Err(denied("chain_id", &scope)),
+        }
         let row = self.store.register_clinic(&clinic, &chain, &request.name, now_ms()).await.map_err(from_store)?;
         Ok(Response::new(pb::Clinic { clinic_id: row.clinic_id, chain_id: row.chain_id, name: row.name }))
     }
 
     async fn register_pen(&self, request: Request<pb::RegisterPenRequest>) -> Result<Response<pb::Pen>, Status> {
+        let scope = self.auth.scope(&request).await?;
         let request = request.into_inner();
         let pen = required("pen_serial", &request.pen_serial, PenSerial::parse)?;
         let clinic = optional("clinic_id", &request.clinic_id, ClinicId::parse)?;
-        let row = self.store.register_pen(&pen, clinic.as_ref(), &request.model, now_ms()).await.map_err(from_store)?;
+        let manufacturer = acting_manufacturer(&scope, &request.manufacturer_id)?;
+        match &scope {
+            Scope::All => {}
+            Scope::Clinic(_) => return Err(denied("RegisterPen", &scope)),
+            Scope::Chain(_) | Scope::Manufacturer(_) => {
+                // A chain assigns pens to its own clinics; neither it nor a manufacturer may
+                // take a pen that is someone else's.
+                if matches!(scope, Scope::Chain(_)) {
+                    let clinic = clinic.as_ref().ok_or_else(|| denied("a pen without clinic_id", &scope))?;
+                    check_place_filters(&self.store, &scope, None, Some(clinic.as_str())).await?;
+                }
+                match self.store.pen(&pen).await {
+                    Ok(existing) => {
+                        let theirs = match &scope {
+                            // Its own pen, and not moved out of the clinic a chain put it in.
+                            Scope::Manufacturer(own) => {
+                                existing.manufacturer_id.is_some_and(|m| m != *own)
+                                    || (existing.clinic_id.is_some()
+                                        && existing.clinic_id.as_deref() != clinic.as_ref().map(|c| c.as_str()))
+                            }
+                            _ => existing.chain_id.is_some() && self.store.pen_in_scope(&pen, &scope).await.is_err(),
+                        };
+                        if theirs {
+                            return Err(denied("pen_serial", &scope));
+                        }
+                    }
+                    Err(penwarden_store::Error::NotFound(_)) => {}
+                    Err(other) => return Err(from_store(other)),
+                }
+            }
+        }
+        let row = self
+            .store
+            .register_pen(&pen, clinic.as_ref(), &request.model, &manufacturer, now_ms())
+            .await
+            .map_err(from_store)?;
         Ok(Response::new(pen_message(row)))
     }
 
     async fn list_pens(&self, request: Request<pb::ListPensRequest>) -> Result<Response<pb::ListPensResponse>, Status> {
+        let scope = self.auth.scope(&request).await?;
         let request = request.into_inner();
         let clinic = optional("clinic_id", &request.clinic_id, ClinicId::parse)?;
         let chain = optional("chain_id", &request.chain_id, ChainId::parse)?;
-        let rows = self.store.list_pens(clinic.as_ref(), chain.as_ref()).await.map_err(from_store)?;
+        check_place_filters(
+            &self.store,
+            &scope,
+            chain.as_ref().map(|c| c.as_str()),
+            clinic.as_ref().map(|c| c.as_str()),
+        )
+        .await?;
+        let rows = self.store.list_pens(clinic.as_ref(), chain.as_ref(), &scope).await.map_err(from_store)?;
         Ok(Response::new(pb::ListPensResponse { pens: rows.into_iter().map(pen_message).collect() }))
     }
 
     async fn register_lot(&self, request: Request<pb::RegisterLotRequest>) -> Result<Response<pb::Lot>, Status> {
-        let request = request.into_inner();
+        let scope = self.auth.scope(&request).await?;
+        if !matches!(scope, Scope::All | Scope::Manufacturer(_)) {
+            return Err(denied("RegisterLot", &scope));
+        }
+        let mut request = request.into_inner();
+        request.manufacturer_id = acting_manufacturer(&scope, &request.manufacturer_id)?;
         valid_gtin(&request.gtin)?;
         valid_date(&request.expiry)?;
+        // A manufacturer may not replace another manufacturer's key for a lot.
+        let existing = self.store.lot(&request.gtin, &request.lot).await.map_err(from_store)?;
+        if existing.is_some_and(|lot| lot.manufacturer_id != request.manufacturer_id && scope != Scope::All) {
+            return Err(denied("this lot", &scope));
+        }
         if request.lot.is_empty() || request.lot.len() > 20 {
             return Err(Status::invalid_argument("lot must be 1 to 20 characters"));
         }
@@ -128,6 +215,10 @@ impl FleetService for FleetApi {
         &self,
         request: Request<pb::RegisterOperatorRequest>,
     ) -> Result<Response<pb::Operator>, Status> {
+        let scope = self.auth.scope(&request).await?;
+        if !matches!(scope, Scope::All | Scope::Chain(_)) {
+            return Err(denied("RegisterOperator", &scope));
+        }
         let request = request.into_inner();
         let operator = required("operator_id", &request.operator_id, OperatorId::parse)?;
         let level = u8::try_from(request.licence_level)
@@ -140,8 +231,20 @@ impl FleetService for FleetApi {
         &self,
         request: Request<pb::RecallLotRequest>,
     ) -> Result<Response<pb::RecallLotResponse>, Status> {
+        let scope = self.auth.scope(&request).await?;
         let request = request.into_inner();
         valid_gtin(&request.gtin)?;
+        match &scope {
+            Scope::All => {}
+            Scope::Manufacturer(own) => {
+                // Someone else's lot and no lot at all look the same.
+                let lot = self.store.lot(&request.gtin, &request.lot).await.map_err(from_store)?;
+                if lot.is_none_or(|lot| lot.manufacturer_id != *own) {
+                    return Err(Status::not_found(format!("lot {} of GTIN {} not found", request.lot, request.gtin)));
+                }
+            }
+            _ => return Err(denied("RecallLot", &scope)),
+        }
         let derived_lines = self.derived_lines.clone();
         let effects = self
             .store

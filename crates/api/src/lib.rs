@@ -1,6 +1,8 @@
 //! The gRPC API: ComplianceService, FleetService and QuarantineService, with standard health checking and
-//! server reflection so grpcurl and grpcui work out of the box.
+//! server reflection so grpcurl and grpcui work out of the box. Every RPC of the three services
+//! authenticates its API key first and reads the record only within the key's scope.
 
+mod auth;
 mod compliance;
 mod fleet;
 mod paging;
@@ -57,9 +59,12 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let compliance = ComplianceServiceServer::new(ComplianceApi::new(self.store.clone()));
-        let fleet = FleetServiceServer::new(FleetApi::new(self.store.clone(), self.derived_lines.clone()));
-        let quarantine = QuarantineServiceServer::new(QuarantineApi::new(self.store.clone()));
+        let auth = std::sync::Arc::new(auth::Authenticator::new(self.store.clone()));
+        let compliance =
+            ComplianceServiceServer::new(ComplianceApi::new(self.store.clone(), auth.clone(), shutdown.clone()));
+        let fleet =
+            FleetServiceServer::new(FleetApi::new(self.store.clone(), self.derived_lines.clone(), auth.clone()));
+        let quarantine = QuarantineServiceServer::new(QuarantineApi::new(self.store.clone(), auth));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         Ok(tokio::spawn(async move {
             health_reporter.set_serving::<ComplianceServiceServer<ComplianceApi>>().await;

@@ -1,21 +1,25 @@
 //! QuarantineService: what could not be accepted, and why, for operators.
 
+use std::sync::Arc;
+
 use penwarden_domain::PenSerial;
 use penwarden_proto::api::v1 as pb;
 use penwarden_proto::api::v1::quarantine_service_server::QuarantineService;
 use penwarden_store::{QuarantineFilter, Store};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{require_admin, Authenticator};
 use crate::paging::{finish_page, page_size, parse_page_token, time_range};
 use crate::status::{from_store, optional};
 
 pub struct QuarantineApi {
     store: Store,
+    auth: Arc<Authenticator>,
 }
 
 impl QuarantineApi {
-    pub fn new(store: Store) -> Self {
-        QuarantineApi { store }
+    pub(crate) fn new(store: Store, auth: Arc<Authenticator>) -> Self {
+        QuarantineApi { store, auth }
     }
 }
 
@@ -37,6 +41,8 @@ impl QuarantineService for QuarantineApi {
         &self,
         request: Request<pb::ListQuarantineRequest>,
     ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
+        // Quarantined payloads can come from any pen of any chain: operators only.
+        require_admin(&self.auth.scope(&request).await?, "ListQuarantine")?;
         let mut filter = quarantine_filter(request.get_ref())?;
         let counts = self.store.quarantine_counts(&filter).await.map_err(from_store)?;
         let page_size = filter.limit;

@@ -3,6 +3,7 @@
 //! Everything here is pure: no IO, no clock, no async. Adapters (ingest, store, API) hand
 //! in facts and get verdicts back, so every rule can be tested, and property-tested, alone.
 
+pub mod access;
 pub mod compliance;
 pub mod event;
 pub mod ids;

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::time::Instant;
 
+use crate::inject::SessionFault;
 use crate::Args;
 
 pub(crate) struct Layout {
@@ -33,17 +34,30 @@ impl Layout {
     }
 }
 
-pub(crate) async fn register(url: &str, layout: &Layout, pens_too: bool) -> anyhow::Result<()> {
-    use api::fleet_service_client::FleetServiceClient;
-    let mut client =
-        FleetServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to {url}"))?;
+type FleetClient = api::fleet_service_client::FleetServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, penwarden_proto::BearerToken>,
+>;
+
+async fn fleet_client(url: &str, api_key: &str) -> anyhow::Result<FleetClient> {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(url.to_owned()).with_context(|| format!("invalid gRPC URL {url:?}"))?;
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {url}"))?;
+    let token = penwarden_proto::BearerToken::new(api_key).context("the API key holds invalid characters")?;
+    Ok(api::fleet_service_client::FleetServiceClient::with_interceptor(channel, token))
+}
+
+pub(crate) async fn register(url: &str, api_key: &str, layout: &Layout, pens_too: bool) -> anyhow::Result<()> {
+    let mut client = fleet_client(url, api_key).await?;
     let public_key = demo_manufacturer().verifying_key().to_bytes().to_vec();
-    for lot in 1..=LOTS {
+    let lots = (1..=LOTS)
+        .map(|lot| (format!("LOT{lot}"), GOOD_UNTIL))
+        .chain([(EXPIRED_LOT.to_owned(), EXPIRED_ON), (RECALLED_LOT.to_owned(), GOOD_UNTIL)]);
+    for (lot, expiry) in lots {
         let request = api::RegisterLotRequest {
             gtin: gtin(),
-            lot: format!("LOT{lot}"),
-            expiry: "2030-12-31".into(),
-            manufacturer_id: "demo-manufacturer".into(),
+            lot,
+            expiry: expiry.to_string(),
+            manufacturer_id: MANUFACTURER.into(),
             public_key: public_key.clone(),
         };
         client.register_lot(request).await?;
@@ -69,15 +83,37 @@ pub(crate) async fn register(url: &str, layout: &Layout, pens_too: bool) -> anyh
         client.register_clinic(request).await?;
     }
     for (pen, clinic) in &layout.pens {
-        let request =
-            api::RegisterPenRequest { pen_serial: pen.clone(), clinic_id: clinic.clone(), model: MODEL.into() };
+        let request = api::RegisterPenRequest {
+            pen_serial: pen.clone(),
+            clinic_id: clinic.clone(),
+            model: MODEL.into(),
+            manufacturer_id: MANUFACTURER.into(),
+        };
         client.register_pen(request).await?;
     }
     Ok(())
 }
 
+/// Recalls the lot every `recalled` injection used: at the end of the run, so the recall is
+/// retroactive for sessions already recorded.
+pub(crate) async fn recall(url: &str, api_key: &str) -> anyhow::Result<u32> {
+    let mut client = fleet_client(url, api_key).await?;
+    let request =
+        api::RecallLotRequest { gtin: gtin(), lot: RECALLED_LOT.into(), reason: "pensim: simulated recall".into() };
+    Ok(client.recall_lot(request).await?.into_inner().violations_raised)
+}
+
 const MODEL: &str = "SP-2";
+const MANUFACTURER: &str = "demo-manufacturer";
 const LOTS: u64 = 7;
+const GOOD_UNTIL: Date = Date { year: 2030, month: 12, day: 31 };
+const EXPIRED_LOT: &str = "LOTX";
+const EXPIRED_ON: Date = Date { year: 2020, month: 1, day: 31 };
+const RECALLED_LOT: &str = "LOTR";
+/// Motor time an `overuse` session reports: past the default 1800 s cartridge limit.
+const OVERUSE_MOTOR_SECONDS: f64 = 1900.0;
+/// Motor hours of a pen injected `service-due`: past the default 500 h interval.
+const OVERDUE_MOTOR_HOURS: f64 = 510.0;
 const OPERATORS: u32 = 5;
 
 /// The demo manufacturer's signing key: a fixed, public seed. For simulation only.
@@ -85,16 +121,21 @@ fn demo_manufacturer() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(b"penwarden-demo-manufacturer-key!")
 }
 
+/// A counterfeiter's key: its signatures look right but do not verify.
+fn counterfeiter() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(b"not-the-manufacturer-key-at-all!")
+}
+
 fn gtin() -> String {
     let check = gtin_check_digit(GTIN_BODY);
     format!("{}{check}", std::str::from_utf8(GTIN_BODY).unwrap_or_default())
 }
 
-/// What a genuine cartridge's chip carries: the manufacturer's signature over its UDI.
-fn sign(udi: &str) -> Vec<u8> {
+/// What a cartridge's chip carries: a signature over its UDI (the manufacturer's, if genuine).
+fn sign(udi: &str, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
     use ed25519_dalek::Signer;
     Udi::parse(udi)
-        .map(|udi| demo_manufacturer().sign(&penwarden_domain::compliance::signed_message(&udi)).to_bytes().to_vec())
+        .map(|udi| key.sign(&penwarden_domain::compliance::signed_message(&udi)).to_bytes().to_vec())
         .unwrap_or_default()
 }
 const FIRMWARE: &str = "2.4.1";
@@ -109,8 +150,14 @@ struct Counters {
     event_messages: AtomicU64,
     samples: AtomicU64,
     sessions: AtomicU64,
-    injected_reuse: AtomicU64,
-    injected_no_disinfect: AtomicU64,
+    /// Sessions that must carry each rule's violation, by rule id.
+    injected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    fn inject(&self, rule: &'static str) {
+        *self.injected.lock().unwrap_or_else(|p| p.into_inner()).entry(rule).or_insert(0) += 1;
+    }
 }
 
 pub(crate) struct Simulation {
@@ -216,6 +263,28 @@ impl Simulation {
 
         let c = &shared.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut injected: serde_json::Map<String, serde_json::Value> = [
+            "CARTRIDGE_REUSE",
+            "CARTRIDGE_EXPIRED",
+            "CARTRIDGE_RECALLED",
+            "CARTRIDGE_UNVERIFIED",
+            "CARTRIDGE_OVERUSE",
+            "PEN_NOT_DISINFECTED",
+            "DEPTH_LIMIT",
+            "PEN_SERVICE_DUE",
+            "TELEMETRY_GAP",
+        ]
+        .into_iter()
+        .map(|rule| (rule.to_owned(), serde_json::Value::from(0u64)))
+        .collect();
+        for (rule, count) in c.injected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            injected.insert((*rule).to_owned(), (*count).into());
+        }
+        let mut recall_raised = None;
+        if self.args.inject.wants(SessionFault::Recalled) {
+            let url = self.args.grpc_url.as_deref().context("--inject recalled needs --grpc-url")?;
+            recall_raised = Some(recall(url, &self.args.api_key()?).await.context("recalling the lot")?);
+        }
         Ok(serde_json::json!({
             "pens": self.layout.pens.len(),
             "clinics": self.layout.clinics.len(),
@@ -225,10 +294,8 @@ impl Simulation {
             "event_messages": get(&c.event_messages),
             "samples": get(&c.samples),
             "sessions": get(&c.sessions),
-            "violations_injected": {
-                "CARTRIDGE_REUSE": get(&c.injected_reuse),
-                "PEN_NOT_DISINFECTED": get(&c.injected_no_disinfect),
-            },
+            "violations_injected": injected,
+            "recall_violations_raised": recall_raised,
             "elapsed_s": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         }))
     }
@@ -289,16 +356,14 @@ impl Shared {
     }
 }
 
-fn new_udi(pen: &str, number: u64) -> String {
-    let check = gtin_check_digit(GTIN_BODY);
-    let gtin = format!("{}{check}", std::str::from_utf8(GTIN_BODY).unwrap_or_default());
-    Udi {
-        gtin,
-        expiry: Date { year: 2030, month: 12, day: 31 },
-        lot: format!("LOT{}", number % 7 + 1),
-        serial: format!("{pen}-{number}"),
-    }
-    .to_human_readable()
+/// A fresh cartridge for a session: of a regular lot, or of the lot a fault needs.
+fn new_udi(pen: &str, number: u64, fault: Option<SessionFault>) -> String {
+    let (lot, expiry) = match fault {
+        Some(SessionFault::Expired) => (EXPIRED_LOT.to_owned(), EXPIRED_ON),
+        Some(SessionFault::Recalled) => (RECALLED_LOT.to_owned(), GOOD_UNTIL),
+        _ => (format!("LOT{}", number % LOTS + 1), GOOD_UNTIL),
+    };
+    Udi { gtin: gtin(), expiry, lot, serial: format!("{pen}-{number}") }.to_human_readable()
 }
 
 async fn run_pen(
@@ -314,23 +379,34 @@ async fn run_pen(
     let mut seq = 0u64;
     shared.state(&pen, seq, true).await?;
     let mut battery = 100.0_f64;
-    // Up to 300 motor hours: well inside the service interval.
-    let mut motor_seconds_total = rng.gen_range(0.0..1_080_000.0_f64);
+    // Up to 300 motor hours, well inside the service interval, unless injected overdue.
+    let service_due = rng.gen_bool(injection.service_due);
+    let mut motor_seconds_total =
+        if service_due { OVERDUE_MOTOR_HOURS * 3600.0 } else { rng.gen_range(0.0..1_080_000.0_f64) };
+    // A pen reports its condition when it boots, before any session.
+    let status =
+        wire::Status { battery_pct: battery, firmware: FIRMWARE.into(), motor_hours: motor_seconds_total / 3600.0 };
+    shared.event(&pen, &mut seq, Kind::Status(status)).await?;
     let mut sessions = 0u64;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
         let skip_disinfection = sessions > 0 && rng.gen_bool(injection.no_disinfect);
-        let reused = if rng.gen_bool(injection.reuse) {
+        let mut fault = injection.session_fault(rng.gen_range(0.0..1.0));
+        let reused = if fault == Some(SessionFault::Reuse) {
             let used = shared.used_cartridges.lock().unwrap_or_else(|p| p.into_inner());
             (!used.is_empty()).then(|| used[rng.gen_range(0..used.len())].clone())
         } else {
             None
         };
-        let is_reuse = reused.is_some();
-        let udi = reused.unwrap_or_else(|| new_udi(&pen, sessions + 1));
+        if fault == Some(SessionFault::Reuse) && reused.is_none() {
+            // Nothing to reuse yet: this session is a clean one.
+            fault = None;
+        }
+        let udi = reused.unwrap_or_else(|| new_udi(&pen, sessions + 1, fault));
         let session_id = format!("{pen}-s{}", sessions + 1);
 
-        let signature = sign(&udi);
+        let signer = if fault == Some(SessionFault::Counterfeit) { counterfeiter() } else { demo_manufacturer() };
+        let signature = sign(&udi, &signer);
         let attached = wire::CartridgeAttached { cartridge_udi: udi.clone(), cartridge_signature: signature.clone() };
         shared.event(&pen, &mut seq, Kind::CartridgeAttached(attached)).await?;
         if !skip_disinfection {
@@ -339,10 +415,14 @@ async fn run_pen(
                 .event(&pen, &mut seq, Kind::PenDisinfected(wire::PenDisinfected { method, sheath_changed: true }))
                 .await?;
         }
-        // 0.5 to 1.0 mm: within the default limits of every area simulated here.
-        let depth = f64::from(rng.gen_range(2..=4u32)) * 0.25;
-        let area =
-            [wire::TreatmentArea::Forehead, wire::TreatmentArea::Cheek, wire::TreatmentArea::Neck][rng.gen_range(0..3)];
+        // 0.5 to 1.0 mm: within the default limits of every area simulated here, unless the
+        // session is to break the periorbital limit (0.5 mm).
+        let (depth, area) = if fault == Some(SessionFault::Depth) {
+            (1.0, wire::TreatmentArea::Periorbital)
+        } else {
+            let areas = [wire::TreatmentArea::Forehead, wire::TreatmentArea::Cheek, wire::TreatmentArea::Neck];
+            (f64::from(rng.gen_range(2..=4u32)) * 0.25, areas[rng.gen_range(0..3)])
+        };
         let start = wire::SessionStarted {
             session_id: session_id.clone(),
             cartridge_udi: udi.clone(),
@@ -355,19 +435,25 @@ async fn run_pen(
         shared.event(&pen, &mut seq, Kind::SessionStarted(start)).await?;
         let started_ms = now_ms();
         shared.counters.sessions.fetch_add(1, Ordering::Relaxed);
-        if is_reuse {
-            shared.counters.injected_reuse.fetch_add(1, Ordering::Relaxed);
-        } else {
-            shared.used_cartridges.lock().unwrap_or_else(|p| p.into_inner()).push(udi.clone());
+        match fault {
+            Some(fault) => shared.counters.inject(fault.rule()),
+            // Only a cartridge whose first session broke no rule may be reused, so its reuse
+            // breaks exactly one rule.
+            None => shared.used_cartridges.lock().unwrap_or_else(|p| p.into_inner()).push(udi.clone()),
         }
         if skip_disinfection {
-            shared.counters.injected_no_disinfect.fetch_add(1, Ordering::Relaxed);
+            shared.counters.inject("PEN_NOT_DISINFECTED");
+        }
+        if service_due {
+            shared.counters.inject("PEN_SERVICE_DUE");
         }
 
         let total_samples =
             (rng.gen_range(min_session.as_secs_f64()..=max_session.as_secs_f64()) * 10.0).round() as i64;
         let mut sent = 0i64;
         let mut max_depth = 0.0_f64;
+        // A gap session loses its first telemetry message: its number is used, never sent.
+        let mut drop_next_telemetry = fault == Some(SessionFault::Gap);
         while sent < total_samples {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let count = (total_samples - sent).min(10);
@@ -388,6 +474,9 @@ async fn run_pen(
                 .collect();
             sent += count;
             seq += 1;
+            if std::mem::take(&mut drop_next_telemetry) {
+                continue;
+            }
             let batch = wire::TelemetryBatch {
                 schema_version: 1,
                 pen_serial: pen.clone(),
@@ -399,7 +488,8 @@ async fn run_pen(
             shared.counters.telemetry_messages.fetch_add(1, Ordering::Relaxed);
             shared.counters.samples.fetch_add(count as u64, Ordering::Relaxed);
         }
-        let motor_seconds = total_samples as f64 / 10.0;
+        let motor_seconds =
+            if fault == Some(SessionFault::Overuse) { OVERUSE_MOTOR_SECONDS } else { total_samples as f64 / 10.0 };
         motor_seconds_total += motor_seconds;
         let end = wire::SessionEnded {
             session_id,

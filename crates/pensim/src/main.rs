@@ -1,7 +1,7 @@
 //! pensim: N pens across M clinics (over K chains) running realistic sessions over MQTT.
 //!
-//! Each session: attach a cartridge, disinfect (sheath changed), start, 10 Hz samples in ~1 s
-//! telemetry batches, end. `--inject` makes some sessions break the rules; the final JSON
+//! Each pen reports its status at boot; each session: attach a cartridge, disinfect (sheath
+//! changed), start, 10 Hz samples in ~1 s telemetry batches, end, detach, status. `--inject` makes some sessions break the rules; the final JSON
 //! summary line counts exactly what was injected, which tests compare with penwarden's record.
 
 mod fleet;
@@ -30,7 +30,9 @@ pub(crate) struct Args {
     /// Seconds during which new sessions start; running sessions then finish.
     #[arg(long, default_value_t = 30)]
     pub(crate) duration: u64,
-    /// Violations to inject, as rule=probability per session: reuse, no-disinfect.
+    /// Violations to inject as name=probability: per session reuse, expired, recalled,
+    /// counterfeit, overuse, depth, gap (exclusive, summing to at most 1) and no-disinfect;
+    /// per pen service-due. E.g. "reuse=0.05,no-disinfect=0.05,gap=0.02".
     #[arg(long, default_value = "")]
     pub(crate) inject: Injection,
     #[arg(long, default_value_t = 1)]
@@ -54,6 +56,22 @@ pub(crate) struct Args {
     /// Publish the protobuf JSON mapping instead of binary protobuf.
     #[arg(long)]
     pub(crate) json: bool,
+    /// API key token for --grpc-url (an admin key, to register the fleet and recall).
+    #[arg(long, env = "PENWARDEN_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+    /// Read the API key token from this file instead.
+    #[arg(long, conflicts_with = "api_key")]
+    pub(crate) api_key_file: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    pub(crate) fn api_key(&self) -> anyhow::Result<String> {
+        if let Some(path) = &self.api_key_file {
+            let token = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            return Ok(token.trim().to_owned());
+        }
+        self.api_key.clone().context("--grpc-url needs an API key: --api-key, PENWARDEN_API_KEY or --api-key-file")
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,8 +106,12 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         .filter(|(a, b)| *a > 0.0 && a <= b)
         .context("--session-secs must look like 3..6")?;
     let layout = fleet::Layout::new(args.pens, args.clinics, args.chains.min(args.clinics));
+    if args.inject.wants(inject::SessionFault::Recalled) && args.grpc_url.is_none() {
+        anyhow::bail!("--inject recalled needs --grpc-url: pensim recalls the lot through the API");
+    }
     if let Some(url) = args.grpc_url.as_ref().filter(|_| args.register != "none") {
-        fleet::register(url, &layout, args.register == "fleet").await.context("registering over gRPC")?;
+        let api_key = args.api_key()?;
+        fleet::register(url, &api_key, &layout, args.register == "fleet").await.context("registering over gRPC")?;
     }
     let simulation =
         fleet::Simulation::connect(&args, layout, Duration::from_secs_f64(min), Duration::from_secs_f64(max)).await?;

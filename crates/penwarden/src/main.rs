@@ -1,5 +1,6 @@
 //! The `penwarden` binary: one process, several roles (`serve` runs ingest and API).
 
+mod apikey;
 mod config;
 mod query;
 mod serve;
@@ -28,10 +29,21 @@ enum Command {
         #[arg(long, env = "PENWARDEN_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Create, list or revoke API keys (in the store named by the config).
+    Apikey {
+        #[command(subcommand)]
+        action: ApikeyAction,
+        /// TOML config file (for the store URL); PENWARDEN_DATABASE_URL overrides it.
+        #[arg(long, env = "PENWARDEN_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
     /// Summarise the compliance record of a running penwarden over gRPC.
     Violations {
         #[arg(long, env = "PENWARDEN_GRPC_URL", default_value = "http://127.0.0.1:50051")]
         grpc_url: String,
+        /// An API key's token.
+        #[arg(long, env = "PENWARDEN_API_KEY", hide_env_values = true)]
+        api_key: String,
         /// Only this rule id, e.g. CARTRIDGE_REUSE.
         #[arg(long)]
         rule: Option<String>,
@@ -40,6 +52,9 @@ enum Command {
     Quarantine {
         #[arg(long, env = "PENWARDEN_GRPC_URL", default_value = "http://127.0.0.1:50051")]
         grpc_url: String,
+        /// An admin API key's token.
+        #[arg(long, env = "PENWARDEN_API_KEY", hide_env_values = true)]
+        api_key: String,
         /// Only this reason, e.g. decode_error.
         #[arg(long)]
         reason: Option<String>,
@@ -52,12 +67,44 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ApikeyAction {
+    /// Create a key; its token is printed once (only a digest is stored).
+    Create {
+        /// admin, manufacturer, chain or clinic.
+        #[arg(long)]
+        role: String,
+        /// The manufacturer, chain or clinic id the key is limited to (none for admin).
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// A note on who holds the key.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Write the token to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// List keys (ids, roles, scopes; never secrets).
+    List,
+    /// Revoke a key by its id.
+    Revoke { key_id: String },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve::run(config.as_deref()),
-        Command::Violations { grpc_url, rule } => query::violations(&grpc_url, rule),
-        Command::Quarantine { grpc_url, reason, pen, limit } => query::quarantine(&grpc_url, reason, pen, limit),
+        Command::Apikey { action, config } => match action {
+            ApikeyAction::Create { role, scope, label, token_file } => {
+                apikey::create(config.as_deref(), &role, &scope, &label, token_file.as_deref())
+            }
+            ApikeyAction::List => apikey::list(config.as_deref()),
+            ApikeyAction::Revoke { key_id } => apikey::revoke(config.as_deref(), &key_id),
+        },
+        Command::Violations { grpc_url, api_key, rule } => query::violations(&grpc_url, &api_key, rule),
+        Command::Quarantine { grpc_url, api_key, reason, pen, limit } => {
+            query::quarantine(&grpc_url, &api_key, reason, pen, limit)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,15 +7,20 @@ use anyhow::Context;
 use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
 use penwarden_proto::api::v1::quarantine_service_client::QuarantineServiceClient;
 use penwarden_proto::api::v1::{ListQuarantineRequest, ListViolationsRequest};
+use penwarden_proto::BearerToken;
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(future)
 }
 
-async fn channel(grpc_url: &str) -> anyhow::Result<tonic::transport::Channel> {
+type Authenticated = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>;
+
+async fn channel(grpc_url: &str, api_key: &str) -> anyhow::Result<(tonic::transport::Channel, BearerToken)> {
     let endpoint = tonic::transport::Endpoint::from_shared(grpc_url.to_owned())
         .with_context(|| format!("invalid gRPC URL {grpc_url:?}"))?;
-    endpoint.connect().await.with_context(|| format!("cannot reach penwarden at {grpc_url}"))
+    let token = BearerToken::new(api_key).context("the API key holds characters a header cannot carry")?;
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach penwarden at {grpc_url}"))?;
+    Ok((channel, token))
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -24,12 +29,15 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 
 pub(crate) fn quarantine(
     grpc_url: &str,
+    api_key: &str,
     reason: Option<String>,
     pen: Option<String>,
     limit: u32,
 ) -> anyhow::Result<()> {
     block_on(async {
-        let mut client = QuarantineServiceClient::new(channel(grpc_url).await?);
+        let (channel, token) = channel(grpc_url, api_key).await?;
+        let mut client: QuarantineServiceClient<Authenticated> =
+            QuarantineServiceClient::with_interceptor(channel, token);
         let request = ListQuarantineRequest {
             reason: reason.unwrap_or_default(),
             pen_serial: pen.unwrap_or_default(),
@@ -51,9 +59,11 @@ pub(crate) fn quarantine(
     })
 }
 
-pub(crate) fn violations(grpc_url: &str, rule: Option<String>) -> anyhow::Result<()> {
+pub(crate) fn violations(grpc_url: &str, api_key: &str, rule: Option<String>) -> anyhow::Result<()> {
     block_on(async {
-        let mut client = ComplianceServiceClient::new(channel(grpc_url).await?);
+        let (channel, token) = channel(grpc_url, api_key).await?;
+        let mut client: ComplianceServiceClient<Authenticated> =
+            ComplianceServiceClient::with_interceptor(channel, token);
         let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
         let mut newest = None;
         let mut page_token = String::new();

@@ -19,6 +19,29 @@ pub mod api {
     }
 }
 
+/// Client side of API authentication: attaches `authorization: Bearer <token>` to every call.
+///
+/// ```ignore
+/// let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+/// let client = ComplianceServiceClient::with_interceptor(channel, BearerToken::new(&token)?);
+/// ```
+#[derive(Clone)]
+pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl BearerToken {
+    /// Fails if the token holds characters a header cannot carry.
+    pub fn new(token: &str) -> Result<BearerToken, tonic::metadata::errors::InvalidMetadataValue> {
+        format!("Bearer {token}").parse().map(BearerToken)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/penwarden_descriptor.bin"));
 

@@ -126,6 +126,7 @@ impl Store {
         let mut connection = self.writer.acquire().await?;
         match self.apply_batch_on(&mut connection, batch, outbox_lines).await {
             Ok(effects) => {
+                self.announce_changes(&effects);
                 for pen in &batch.auto_register {
                     if self.directory.get(pen).is_none() {
                         self.directory.insert(pen.clone(), PenPlacement::default());
@@ -631,9 +632,9 @@ pub(crate) async fn reconcile(
             (Some(explanation), None) => {
                 let row = sqlx::query(
                     "INSERT INTO violations (rule, severity, explanation, pen_serial, clinic_id, chain_id, session_id,
-                         cartridge_gtin, cartridge_serial, device_time_ms, detected_ms)
+                         cartridge_gtin, cartridge_serial, device_time_ms, detected_ms, change_seq)
                      SELECT ?, ?, ?, pen_serial, clinic_id, chain_id, session_id, cartridge_gtin, cartridge_serial,
-                         COALESCE(started_ms, ended_ms, 0), ?
+                         COALESCE(started_ms, ended_ms, 0), ?, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM violations)
                      FROM sessions WHERE pen_serial = ? AND session_id = ?
                      RETURNING id, clinic_id, chain_id, cartridge_serial, device_time_ms",
                 )
@@ -659,7 +660,9 @@ pub(crate) async fn reconcile(
             }
             (None, Some(id)) => {
                 let row = sqlx::query(
-                    "UPDATE violations SET retracted_ms = ?, retraction_reason = ? WHERE id = ?
+                    "UPDATE violations SET retracted_ms = ?, retraction_reason = ?,
+                         change_seq = (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM violations)
+                     WHERE id = ?
                      RETURNING explanation, clinic_id, chain_id, cartridge_serial, device_time_ms",
                 )
                 .bind(now)

@@ -3,9 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use penwarden_domain::access::Scope;
 use penwarden_domain::ids::OperatorId;
 use penwarden_domain::{ChainId, ClinicId, PenSerial};
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row};
+
+use crate::scope::push_pen_scope;
 
 use crate::directory::PenPlacement;
 use crate::{Effects, Error, Result, Store};
@@ -34,9 +37,10 @@ pub struct PenRow {
     pub last_seen_ms: Option<i64>,
     pub battery_pct: Option<f64>,
     pub motor_hours: Option<f64>,
+    pub manufacturer_id: Option<String>,
 }
 
-const PEN_COLUMNS: &str = "p.pen_serial, p.clinic_id, c.chain_id, p.model, p.firmware, p.online, p.last_seen_ms, p.battery_pct, p.motor_hours";
+const PEN_COLUMNS: &str = "p.pen_serial, p.clinic_id, c.chain_id, p.model, p.firmware, p.online, p.last_seen_ms, p.battery_pct, p.motor_hours, p.manufacturer_id";
 
 fn pen_row(row: &sqlx::sqlite::SqliteRow) -> PenRow {
     PenRow {
@@ -49,6 +53,7 @@ fn pen_row(row: &sqlx::sqlite::SqliteRow) -> PenRow {
         last_seen_ms: row.get(6),
         battery_pct: row.get(7),
         motor_hours: row.get(8),
+        manufacturer_id: row.get(9),
     }
 }
 
@@ -103,6 +108,7 @@ impl Store {
         pen: &PenSerial,
         clinic: Option<&ClinicId>,
         model: &str,
+        manufacturer_id: &str,
         now_ms: i64,
     ) -> Result<PenRow> {
         let chain: Option<String> = match clinic {
@@ -116,14 +122,16 @@ impl Store {
             None => None,
         };
         sqlx::query(
-            "INSERT INTO pens (pen_serial, clinic_id, model, registered_ms) VALUES (?, ?, ?, ?)
+            "INSERT INTO pens (pen_serial, clinic_id, model, manufacturer_id, registered_ms) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (pen_serial) DO UPDATE SET clinic_id = excluded.clinic_id,
                  model = CASE WHEN excluded.model = '' THEN pens.model ELSE excluded.model END,
+                 manufacturer_id = COALESCE(excluded.manufacturer_id, pens.manufacturer_id),
                  auto_registered = FALSE",
         )
         .bind(pen.as_str())
         .bind(clinic.map(ClinicId::as_str))
         .bind(model)
+        .bind((!manufacturer_id.is_empty()).then_some(manufacturer_id))
         .bind(now_ms)
         .execute(&self.writer)
         .await?;
@@ -145,16 +153,45 @@ impl Store {
         Ok(pen_row(&row))
     }
 
-    /// Pens, optionally only those of one clinic and/or chain, by serial.
-    pub async fn list_pens(&self, clinic: Option<&ClinicId>, chain: Option<&ChainId>) -> Result<Vec<PenRow>> {
-        let sql = format!(
-            "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id
-             WHERE (? IS NULL OR p.clinic_id = ?) AND (? IS NULL OR c.chain_id = ?) ORDER BY p.pen_serial"
-        );
-        let clinic = clinic.map(ClinicId::as_str);
-        let chain = chain.map(ChainId::as_str);
-        let rows = sqlx::query(&sql).bind(clinic).bind(clinic).bind(chain).bind(chain).fetch_all(&self.pool).await?;
+    /// Pens `scope` may see, optionally only those of one clinic and/or chain, by serial.
+    pub async fn list_pens(
+        &self,
+        clinic: Option<&ClinicId>,
+        chain: Option<&ChainId>,
+        scope: &Scope,
+    ) -> Result<Vec<PenRow>> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE 1 = 1"
+        ));
+        if let Some(clinic) = clinic {
+            query.push(" AND p.clinic_id = ").push_bind(clinic.as_str());
+        }
+        if let Some(chain) = chain {
+            query.push(" AND c.chain_id = ").push_bind(chain.as_str());
+        }
+        push_pen_scope(&mut query, scope);
+        query.push(" ORDER BY p.pen_serial");
+        let rows = query.build().fetch_all(&self.pool).await?;
         Ok(rows.iter().map(pen_row).collect())
+    }
+
+    /// The pen, if `scope` may see it; "not found" otherwise, as if it did not exist.
+    pub async fn pen_in_scope(&self, pen: &PenSerial, scope: &Scope) -> Result<PenRow> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE p.pen_serial = "
+        ));
+        query.push_bind(pen.as_str());
+        push_pen_scope(&mut query, scope);
+        let row = query.build().fetch_optional(&self.pool).await?;
+        row.as_ref().map(pen_row).ok_or_else(|| Error::NotFound(format!("pen {pen}")))
+    }
+
+    /// The chain a clinic belongs to, if the clinic is registered.
+    pub async fn clinic_chain(&self, clinic: &ClinicId) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT chain_id FROM clinics WHERE clinic_id = ?")
+            .bind(clinic.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Rebuilds the in-memory pen directory from the table (at start, and after clinic moves).
@@ -187,6 +224,7 @@ impl Store {
 mod tests {
     use crate::test_support::temp_store;
     use crate::Error;
+    use penwarden_domain::access::Scope;
     use penwarden_domain::{ChainId, ClinicId, PenSerial};
 
     #[tokio::test]
@@ -197,13 +235,39 @@ mod tests {
         let pen = PenSerial::parse("PW-1").unwrap();
         store.register_chain(&chain, "Chain A", 1).await.unwrap();
         store.register_clinic(&clinic, &chain, "Clinic 1", 1).await.unwrap();
-        let row = store.register_pen(&pen, Some(&clinic), "SP-2", 1).await.unwrap();
+        let row = store.register_pen(&pen, Some(&clinic), "SP-2", "", 1).await.unwrap();
         assert_eq!(row.chain_id.as_deref(), Some("chain-a"));
         let placement = store.directory().get(&pen).unwrap();
         assert_eq!(placement.clinic, Some(clinic.clone()));
         assert_eq!(placement.chain, Some(chain.clone()));
-        assert_eq!(store.list_pens(Some(&clinic), None).await.unwrap().len(), 1);
-        assert_eq!(store.list_pens(None, Some(&ChainId::parse("other").unwrap())).await.unwrap().len(), 0);
+        assert_eq!(store.list_pens(Some(&clinic), None, &Scope::All).await.unwrap().len(), 1);
+        assert_eq!(store.list_pens(None, Some(&ChainId::parse("other").unwrap()), &Scope::All).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn pens_are_seen_only_within_scope() {
+        let (store, _dir) = temp_store().await;
+        for (chain, clinic, pen, maker) in [("a", "a-1", "PW-A", "acme"), ("b", "b-1", "PW-B", "other")] {
+            let chain = ChainId::parse(chain).unwrap();
+            let clinic = ClinicId::parse(clinic).unwrap();
+            store.register_chain(&chain, "", 1).await.unwrap();
+            store.register_clinic(&clinic, &chain, "", 1).await.unwrap();
+            store.register_pen(&PenSerial::parse(pen).unwrap(), Some(&clinic), "", maker, 1).await.unwrap();
+        }
+        let serials = |pens: Vec<crate::PenRow>| pens.into_iter().map(|p| p.pen_serial).collect::<Vec<_>>();
+        let chain_a = Scope::Chain(ChainId::parse("a").unwrap());
+        assert_eq!(serials(store.list_pens(None, None, &chain_a).await.unwrap()), ["PW-A"]);
+        let clinic_b = Scope::Clinic(ClinicId::parse("b-1").unwrap());
+        assert_eq!(serials(store.list_pens(None, None, &clinic_b).await.unwrap()), ["PW-B"]);
+        let acme = Scope::Manufacturer("acme".into());
+        assert_eq!(serials(store.list_pens(None, None, &acme).await.unwrap()), ["PW-A"]);
+        assert_eq!(serials(store.list_pens(None, None, &Scope::All).await.unwrap()), ["PW-A", "PW-B"]);
+        // Filters narrow; they never widen.
+        let other_chain = ChainId::parse("b").unwrap();
+        assert!(store.list_pens(None, Some(&other_chain), &chain_a).await.unwrap().is_empty());
+        let pen_b = PenSerial::parse("PW-B").unwrap();
+        assert!(matches!(store.pen_in_scope(&pen_b, &chain_a).await, Err(Error::NotFound(_))));
+        assert!(store.pen_in_scope(&pen_b, &clinic_b).await.is_ok());
     }
 
     #[tokio::test]
@@ -248,6 +312,25 @@ impl Store {
         .execute(&self.writer)
         .await?;
         Ok(lot.clone())
+    }
+
+    /// A registered lot, if any.
+    pub async fn lot(&self, gtin: &str, lot: &str) -> Result<Option<LotRow>> {
+        let row = sqlx::query(
+            "SELECT gtin, lot, expiry, manufacturer_id, public_key, recalled_ms FROM lots WHERE gtin = ? AND lot = ?",
+        )
+        .bind(gtin)
+        .bind(lot)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| LotRow {
+            gtin: row.get(0),
+            lot: row.get(1),
+            expiry: row.get(2),
+            manufacturer_id: row.get(3),
+            public_key: row.get(4),
+            recalled_ms: row.get(5),
+        }))
     }
 
     /// Registers (or updates) an operator's licence level (1 to 3).
@@ -311,6 +394,7 @@ impl Store {
         }
         crate::batch::insert_outbox(&mut tx, outbox_lines(&effects), now_ms).await?;
         tx.commit().await?;
+        self.announce_changes(&effects);
         Ok(effects)
     }
 }

@@ -4,12 +4,16 @@
 //! applies ingest batches in one transaction each, asks the pure compliance engine for
 //! judgements, and records violations (raised or retracted, never deleted).
 
+mod apikeys;
 mod batch;
 mod directory;
 mod fleet;
 mod queries;
+mod reports;
+mod scope;
 mod session_rules;
 
+pub use apikeys::ApiKeyRow;
 pub use batch::{
     Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, QuarantineEntry, RaisedViolation, StatusReport,
 };
@@ -18,6 +22,7 @@ pub use fleet::{ChainRow, ClinicRow, LotRow, PenRow};
 pub use queries::{
     CartridgeView, PenSterilityView, QuarantineFilter, QuarantineRow, SessionView, ViolationFilter, ViolationRow,
 };
+pub use reports::{ComplianceReportView, LotClinicUse, LotTrace, ReportFilter};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -60,6 +65,9 @@ pub struct Store {
     writer: SqlitePool,
     directory: PenDirectory,
     thresholds: std::sync::Arc<penwarden_domain::compliance::Thresholds>,
+    /// Bumped after every commit that raised or retracted a violation, so watchers wake at
+    /// once instead of polling.
+    violation_changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -83,7 +91,8 @@ impl Store {
         sqlx::migrate!("./migrations").run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
         let directory = PenDirectory::default();
-        let store = Store { pool, writer, directory, thresholds: Default::default() };
+        let violation_changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
+        let store = Store { pool, writer, directory, thresholds: Default::default(), violation_changes };
         store.reload_directory().await?;
         Ok(store)
     }
@@ -97,6 +106,18 @@ impl Store {
     /// The in-memory view of registered pens that ingest consults for every message.
     pub fn directory(&self) -> &PenDirectory {
         &self.directory
+    }
+
+    /// Wakes when this process records a violation change (other processes sharing the
+    /// database are not seen: watchers poll as well).
+    pub fn subscribe_violation_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.violation_changes.subscribe()
+    }
+
+    pub(crate) fn announce_changes(&self, effects: &Effects) {
+        if !effects.raised.is_empty() || !effects.retracted.is_empty() {
+            self.violation_changes.send_modify(|count| *count += 1);
+        }
     }
 
     pub async fn close(&self) {

@@ -1,10 +1,21 @@
 //! Reads for the API: cartridges, pen sterility, violations.
 
+use penwarden_domain::access::Scope;
 use penwarden_domain::compliance::{session_verdict, Rule, Verdict};
 use penwarden_domain::{CartridgeKey, PenSerial};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use crate::scope::push_record_scope;
 use crate::{Error, Result, Store};
+
+/// The columns `session_view` reads, from `sessions s`, with the active violations' rules.
+pub(crate) const SESSION_VIEW_SELECT: &str =
+    "SELECT s.pen_serial, s.session_id, s.clinic_id, s.chain_id, s.cartridge_gtin, s.cartridge_serial,
+         s.cartridge_lot, s.operator_id, s.area, s.started_ms, s.ended_ms, s.strokes, s.motor_seconds,
+         s.max_depth_mm,
+         (SELECT GROUP_CONCAT(v.rule, ',') FROM violations v
+          WHERE v.pen_serial = s.pen_serial AND v.session_id = s.session_id AND v.retracted_ms IS NULL)
+     FROM sessions s";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionView {
@@ -45,8 +56,10 @@ pub struct PenSterilityView {
     pub last_disinfection_changed_sheath: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ViolationFilter {
+    /// What the caller may see; the request's own filters narrow it further.
+    pub scope: Scope,
     pub clinic_id: Option<String>,
     pub chain_id: Option<String>,
     pub pen_serial: Option<String>,
@@ -56,7 +69,28 @@ pub struct ViolationFilter {
     pub include_retracted: bool,
     /// Only ids below this one (the page token: pages go newest first).
     pub before_id: Option<i64>,
+    /// Watching: only changes after this change number, oldest change first.
+    pub after_change_seq: Option<i64>,
     pub limit: u32,
+}
+
+impl Default for ViolationFilter {
+    /// Everything (an admin's view), newest first, 100 rows.
+    fn default() -> Self {
+        ViolationFilter {
+            scope: Scope::All,
+            clinic_id: None,
+            chain_id: None,
+            pen_serial: None,
+            rule: None,
+            from_ms: None,
+            to_ms: None,
+            include_retracted: false,
+            before_id: None,
+            after_change_seq: None,
+            limit: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -116,29 +150,36 @@ pub struct ViolationRow {
     pub detected_ms: i64,
     pub retracted_ms: Option<i64>,
     pub retraction_reason: Option<String>,
+    /// The number of its latest change (raised, or retracted): a watcher's cursor.
+    pub change_seq: i64,
 }
 
 impl Store {
-    pub async fn cartridge(&self, key: &CartridgeKey) -> Result<CartridgeView> {
-        let row = sqlx::query("SELECT lot, expiry FROM cartridges WHERE gtin = ? AND serial = ?")
-            .bind(&key.gtin)
-            .bind(&key.serial)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("cartridge {key}")))?;
-        let sessions = sqlx::query(
-            "SELECT s.pen_serial, s.session_id, s.clinic_id, s.chain_id, s.cartridge_gtin, s.cartridge_serial,
-                 s.cartridge_lot, s.operator_id, s.area, s.started_ms, s.ended_ms, s.strokes, s.motor_seconds,
-                 s.max_depth_mm,
-                 (SELECT GROUP_CONCAT(v.rule, ',') FROM violations v
-                  WHERE v.pen_serial = s.pen_serial AND v.session_id = s.session_id AND v.retracted_ms IS NULL)
-             FROM sessions s WHERE s.cartridge_gtin = ? AND s.cartridge_serial = ?
-             ORDER BY s.started_ms, s.pen_serial",
+    /// A cartridge and the sessions of it `scope` may see. A cartridge the caller has no
+    /// session of (and whose lot is not its own) is "not found", exactly like one that does not
+    /// exist, so its existence elsewhere cannot be inferred.
+    pub async fn cartridge(&self, key: &CartridgeKey, scope: &Scope) -> Result<CartridgeView> {
+        let not_found = || Error::NotFound(format!("cartridge {key}"));
+        let row = sqlx::query(
+            "SELECT c.lot, c.expiry, l.manufacturer_id FROM cartridges c
+             LEFT JOIN lots l ON l.gtin = c.gtin AND l.lot = c.lot WHERE c.gtin = ? AND c.serial = ?",
         )
         .bind(&key.gtin)
         .bind(&key.serial)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(not_found)?;
+        let mut query = QueryBuilder::new(SESSION_VIEW_SELECT);
+        query.push(" WHERE s.cartridge_gtin = ").push_bind(&key.gtin);
+        query.push(" AND s.cartridge_serial = ").push_bind(&key.serial);
+        push_record_scope(&mut query, scope, "s");
+        query.push(" ORDER BY s.started_ms, s.pen_serial");
+        let sessions = query.build().fetch_all(&self.pool).await?;
+        let manufacturer: Option<String> = row.get(2);
+        let owns_lot = matches!(scope, Scope::Manufacturer(m) if manufacturer.as_deref() == Some(m.as_str()));
+        if sessions.is_empty() && !owns_lot && *scope != Scope::All {
+            return Err(not_found());
+        }
         Ok(CartridgeView {
             gtin: key.gtin.clone(),
             serial: key.serial.clone(),
@@ -148,8 +189,8 @@ impl Store {
         })
     }
 
-    pub async fn pen_sterility(&self, pen: &PenSerial) -> Result<PenSterilityView> {
-        self.pen(pen).await?;
+    pub async fn pen_sterility(&self, pen: &PenSerial, scope: &Scope) -> Result<PenSterilityView> {
+        self.pen_in_scope(pen, scope).await?;
         let last_session = sqlx::query(
             "SELECT session_id, start_seq, end_seq, ended_ms FROM sessions
              WHERE pen_serial = ? AND start_seq IS NOT NULL ORDER BY start_seq DESC LIMIT 1",
@@ -199,9 +240,11 @@ impl Store {
     pub async fn list_violations(&self, filter: &ViolationFilter) -> Result<Vec<ViolationRow>> {
         let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
             "SELECT id, rule, severity, explanation, pen_serial, clinic_id, chain_id, session_id, cartridge_gtin,
-                 cartridge_serial, device_time_ms, detected_ms, retracted_ms, retraction_reason
+                 cartridge_serial, device_time_ms, detected_ms, retracted_ms, retraction_reason,
+                 COALESCE(change_seq, id)
              FROM violations WHERE 1 = 1",
         );
+        push_record_scope(&mut query, &filter.scope, "violations");
         if let Some(clinic) = &filter.clinic_id {
             query.push(" AND clinic_id = ").push_bind(clinic);
         }
@@ -226,7 +269,11 @@ impl Store {
         if let Some(before) = filter.before_id {
             query.push(" AND id < ").push_bind(before);
         }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+        match filter.after_change_seq {
+            Some(after) => query.push(" AND change_seq > ").push_bind(after).push(" ORDER BY change_seq"),
+            None => query.push(" ORDER BY id DESC"),
+        };
+        query.push(" LIMIT ").push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
@@ -245,6 +292,7 @@ impl Store {
                 detected_ms: row.get(11),
                 retracted_ms: row.get(12),
                 retraction_reason: row.get(13),
+                change_seq: row.get(14),
             })
             .collect())
     }
@@ -284,13 +332,18 @@ impl Store {
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
+    /// The newest violation change number (0 when none): where a new watcher starts.
+    pub async fn latest_violation_change(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(change_seq), 0) FROM violations").fetch_one(&self.pool).await?)
+    }
+
     /// Device events recorded (each (pen, seq) once).
     pub async fn event_count(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM pen_events").fetch_one(&self.pool).await?)
     }
 }
 
-fn session_view(row: &sqlx::sqlite::SqliteRow) -> SessionView {
+pub(crate) fn session_view(row: &sqlx::sqlite::SqliteRow) -> SessionView {
     let violated_rules: Vec<String> =
         row.get::<Option<String>, _>(14).map(|rules| rules.split(',').map(str::to_owned).collect()).unwrap_or_default();
     let started_ms: Option<i64> = row.get(9);

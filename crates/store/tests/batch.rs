@@ -2,6 +2,7 @@
 //! of verdicts, retraction instead of silent rewrite.
 
 use ed25519_dalek::{Signer, SigningKey};
+use penwarden_domain::access::Scope;
 use penwarden_domain::compliance::signed_message;
 use penwarden_domain::{DeviceEvent, DisinfectionMethod, EventRecord, PenSerial, SessionId, TreatmentArea, Udi};
 use penwarden_store::{IngestBatch, LotRow, Store, ViolationFilter};
@@ -124,7 +125,7 @@ async fn a_late_upload_moves_the_reuse_verdict_and_keeps_the_record() {
     assert_eq!(effects.raised.len(), 1);
     assert_eq!(active(&store, "CARTRIDGE_REUSE").await, ["later"]);
 
-    let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key()).await.unwrap();
+    let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key(), &Scope::All).await.unwrap();
     assert_eq!(cartridge.sessions.len(), 2);
     assert_eq!(cartridge.sessions[0].session_id, "earlier");
     assert_eq!(cartridge.sessions[1].violated_rules, ["CARTRIDGE_REUSE"]);
@@ -148,7 +149,7 @@ async fn disinfection_arriving_late_retracts_the_violation_visibly() {
     assert_eq!(all.len(), 1);
     assert!(all[0].retracted_ms.is_some() && all[0].retraction_reason.is_some());
 
-    let sterility = store.pen_sterility(&pen("P1")).await.unwrap();
+    let sterility = store.pen_sterility(&pen("P1"), &Scope::All).await.unwrap();
     assert!(!sterility.ready_to_treat, "session b has not ended");
 }
 
@@ -234,7 +235,7 @@ async fn a_telemetry_gap_is_raised_and_withdrawn_when_the_message_arrives_late()
     let effects = apply(&store, vec![end("P1", 6, 200, "s")]).await;
     assert_eq!(effects.raised.len(), 1, "{:?}", effects.raised);
     assert!(effects.raised[0].explanation.contains("first missing seq 4"), "{}", effects.raised[0].explanation);
-    let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key()).await.unwrap();
+    let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key(), &Scope::All).await.unwrap();
     assert_eq!(cartridge.sessions[0].verdict, penwarden_domain::compliance::Verdict::Incomplete);
 
     // Redelivering what arrived changes nothing; the missing message closes the gap.
@@ -242,6 +243,6 @@ async fn a_telemetry_gap_is_raised_and_withdrawn_when_the_message_arrives_late()
     let effects = apply_telemetry(&store, "P1", &[4]).await;
     assert_eq!(effects.retracted.len(), 1);
     assert!(active(&store, "TELEMETRY_GAP").await.is_empty());
-    let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key()).await.unwrap();
+    let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key(), &Scope::All).await.unwrap();
     assert_eq!(cartridge.sessions[0].verdict, penwarden_domain::compliance::Verdict::Compliant);
 }

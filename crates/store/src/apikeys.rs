@@ -1,0 +1,74 @@
+//! API keys: stored as digests, looked up by key id.
+
+use sqlx::Row;
+
+use crate::{Error, Result, Store};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRow {
+    pub key_id: String,
+    pub secret_digest: String,
+    pub role: String,
+    pub scope: String,
+    pub label: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+fn api_key_row(row: &sqlx::sqlite::SqliteRow) -> ApiKeyRow {
+    ApiKeyRow {
+        key_id: row.get(0),
+        secret_digest: row.get(1),
+        role: row.get(2),
+        scope: row.get(3),
+        label: row.get(4),
+        created_ms: row.get(5),
+        revoked_ms: row.get(6),
+    }
+}
+
+const API_KEY_COLUMNS: &str = "key_id, secret_digest, role, scope, label, created_ms, revoked_ms";
+
+impl Store {
+    pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, secret_digest, role, scope, label, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.key_id)
+        .bind(&key.secret_digest)
+        .bind(&key.role)
+        .bind(&key.scope)
+        .bind(&key.label)
+        .bind(key.created_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The key with this id, revoked or not.
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?");
+        let row = sqlx::query(&sql).bind(key_id).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(api_key_row))
+    }
+
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_ms, key_id");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(api_key_row).collect())
+    }
+
+    /// Revokes a key for good; revoking it again changes nothing.
+    pub async fn revoke_api_key(&self, key_id: &str, now_ms: i64) -> Result<()> {
+        let updated = sqlx::query("UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, ?) WHERE key_id = ?")
+            .bind(now_ms)
+            .bind(key_id)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(Error::NotFound(format!("API key {key_id}")));
+        }
+        Ok(())
+    }
+}

@@ -86,6 +86,19 @@ pub(crate) fn pensim_args(
     duration_s: u64,
     extra: &[&str],
 ) -> Vec<String> {
+    pensim_args_injecting(mosquitto, penwarden, register, pens, duration_s, "reuse=0.25,no-disinfect=0.3", extra)
+}
+
+/// Like [`pensim_args`], with the given `--inject`.
+pub(crate) fn pensim_args_injecting(
+    mosquitto: &Mosquitto,
+    penwarden: &Penwarden,
+    register: &str,
+    pens: usize,
+    duration_s: u64,
+    inject: &str,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "--mqtt-url".to_string(),
         mosquitto.url(),
@@ -106,7 +119,7 @@ pub(crate) fn pensim_args(
         "--session-secs".into(),
         "1..2".into(),
         "--inject".into(),
-        "reuse=0.25,no-disinfect=0.3".into(),
+        inject.into(),
     ]
     .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));

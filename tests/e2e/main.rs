@@ -1,8 +1,10 @@
 //! End to end: pensim -> Mosquitto -> penwarden -> InfluxDB (v1 and v2 APIs) + store -> gRPC.
+//! `rules` has a scenario per compliance rule; `api` proves scoping, paging and streaming.
 //! Each test starts its own servers; counts are exact.
 
 mod common;
 mod faults;
 mod pipeline;
 mod protocol;
+mod rules;
 mod storm;

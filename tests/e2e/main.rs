@@ -2,6 +2,7 @@
 //! `rules` has a scenario per compliance rule; `api` proves scoping, paging and streaming.
 //! Each test starts its own servers; counts are exact.
 
+mod api;
 mod common;
 mod faults;
 mod pipeline;

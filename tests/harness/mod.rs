@@ -363,6 +363,12 @@ impl Penwarden {
         self.process = Self::spawn(&self.env, self.grpc_addr).await;
     }
 
+    /// Starts again after the process was stopped (same store, ports and client id).
+    pub async fn restart(&mut self) {
+        assert!(!self.process.is_running(), "restart only a stopped penwarden");
+        self.process = Self::spawn(&self.env, self.grpc_addr).await;
+    }
+
     /// SIGTERM (must exit 0: in-flight work finished and acked), then start again.
     pub async fn terminate_and_restart(&mut self) {
         let status = self.process.terminate(Duration::from_secs(30));

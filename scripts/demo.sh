@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, starts a private Mosquitto and InfluxDB 1.x on demo ports,
 # runs `penwarden serve` and a simulated fleet (pensim) for about 30 s, then prints a summary.
+# KEEP=1 leaves everything running afterwards (with an admin API key printed) for grpcurl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -47,12 +48,16 @@ export PENWARDEN_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
 export PENWARDEN_INFLUX_URL="http://127.0.0.1:$INFLUX_PORT" PENWARDEN_INFLUX_API=v1 PENWARDEN_INFLUX_DB=penwarden
 export PENWARDEN_DATABASE_URL="sqlite:$work/penwarden.db" PENWARDEN_GRPC_ADDR="$GRPC_ADDR"
 export PENWARDEN_AUTO_REGISTER_PENS=true RUST_LOG=${RUST_LOG:-warn}
+# An admin key for pensim (registration, recall) and the queries below; printed only once.
+PENWARDEN_API_KEY=$(target/debug/penwarden apikey create --role admin --label demo)
+export PENWARDEN_API_KEY
 target/debug/penwarden serve 2>"$work/penwarden.log" & penwarden_pid=$!; pids+=($penwarden_pid)
 sleep 2
 
 echo "== running a fleet of 20 pens in 6 clinics of 2 chains for ${DURATION} s (pensim) =="
 summary=$(target/debug/pensim --mqtt-url "$PENWARDEN_MQTT_URL" --pens 20 --clinics 6 --chains 2 \
-  --duration "$DURATION" --inject reuse=0.05,no-disinfect=0.05 --seed 42 --grpc-url "http://$GRPC_ADDR")
+  --duration "$DURATION" --seed 42 --grpc-url "http://$GRPC_ADDR" \
+  --inject reuse=0.04,expired=0.02,recalled=0.02,counterfeit=0.02,overuse=0.02,depth=0.03,gap=0.03,no-disinfect=0.05,service-due=0.1)
 echo "pensim: $summary"
 sleep 3
 
@@ -68,4 +73,11 @@ echo
 echo "== gRPC: penwarden violations (ListViolations) =="
 target/debug/penwarden violations --grpc-url "http://$GRPC_ADDR"
 
+if [ "${KEEP:-0}" = 1 ]; then
+  echo
+  echo "== running on; Ctrl-C stops everything =="
+  echo "gRPC: $GRPC_ADDR   admin API key: $PENWARDEN_API_KEY"
+  echo "try:  grpcurl -plaintext -H \"authorization: Bearer \$PENWARDEN_API_KEY\" $GRPC_ADDR list   (docs/api.md)"
+  wait "$penwarden_pid"
+fi
 kill -TERM "$penwarden_pid"; wait "$penwarden_pid" && echo && echo "penwarden stopped cleanly on SIGTERM"

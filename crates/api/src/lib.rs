@@ -54,10 +54,15 @@ impl Server {
 
     /// Serves until `shutdown` turns true; in-flight calls finish first.
     pub fn spawn(self, mut shutdown: watch::Receiver<bool>) -> Result<JoinHandle<Result<(), Error>>, Error> {
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(penwarden_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(penwarden_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // v1 for current grpcurl; v1alpha as well, which older grpcurl and grpcui, and
+        // grpcio's reflection client, still ask for.
+        let reflection = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let auth = std::sync::Arc::new(auth::Authenticator::new(self.store.clone()));
         let compliance =
@@ -73,6 +78,7 @@ impl Server {
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .add_service(compliance)
                 .add_service(fleet)
                 .add_service(quarantine)

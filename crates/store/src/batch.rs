@@ -269,6 +269,9 @@ impl Store {
                         .bind(record.pen.as_str())
                         .execute(&mut *tx)
                         .await?;
+                    // Sessions that started after this status (and before the pen's next one)
+                    // are judged by it: it may have arrived late.
+                    touched_sessions.extend(sessions_judged_by_status(&mut tx, &record.pen, record.seq).await?);
                     effects.statuses.push(StatusReport {
                         pen: record.pen.clone(),
                         device_time_ms: record.device_time_unix_ms,
@@ -383,6 +386,10 @@ async fn touch_last_seen(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, seen
 
 /// Inserts the event unless (pen, seq) is already recorded; returns whether it was new.
 async fn insert_event(tx: &mut Transaction<'_, Sqlite>, record: &EventRecord, now: i64) -> Result<bool> {
+    let (motor_hours, firmware) = match &record.event {
+        DeviceEvent::Status { motor_hours, firmware, .. } => (Some(*motor_hours), Some(firmware.as_str())),
+        _ => (None, None),
+    };
     let (session_id, sheath_changed, detail) = match &record.event {
         DeviceEvent::SessionStarted { session_id, .. } | DeviceEvent::SessionEnded { session_id, .. } => {
             (Some(session_id.as_str()), None, String::new())
@@ -398,8 +405,9 @@ async fn insert_event(tx: &mut Transaction<'_, Sqlite>, record: &EventRecord, no
         DeviceEvent::Status { firmware, .. } => (None, None, firmware.clone()),
     };
     let inserted = sqlx::query(
-        "INSERT INTO pen_events (pen_serial, seq, kind, device_time_ms, received_ms, session_id, sheath_changed, detail)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pen_serial, seq) DO NOTHING",
+        "INSERT INTO pen_events (pen_serial, seq, kind, device_time_ms, received_ms, session_id, sheath_changed, detail,
+             motor_hours, firmware)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pen_serial, seq) DO NOTHING",
     )
     .bind(record.pen.as_str())
     .bind(record.seq as i64)
@@ -409,6 +417,8 @@ async fn insert_event(tx: &mut Transaction<'_, Sqlite>, record: &EventRecord, no
     .bind(session_id)
     .bind(sheath_changed)
     .bind(detail)
+    .bind(motor_hours)
+    .bind(firmware)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -581,6 +591,26 @@ async fn pen_window(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, min_seq: 
         })
         .collect();
     Ok((facts, anchor.is_some()))
+}
+
+/// Sessions of `pen` that start after the status event at `status_seq` and before the next
+/// status event: the ones whose PEN_SERVICE_DUE judgement that status decides.
+async fn sessions_judged_by_status(
+    tx: &mut Transaction<'_, Sqlite>,
+    pen: &PenSerial,
+    status_seq: u64,
+) -> Result<Vec<SessionRef>> {
+    let rows = sqlx::query(
+        "SELECT pen_serial, session_id FROM sessions
+         WHERE pen_serial = ?1 AND start_seq > ?2
+           AND start_seq < COALESCE((SELECT MIN(seq) FROM pen_events
+                                     WHERE pen_serial = ?1 AND kind = 'status' AND seq > ?2), 9223372036854775807)",
+    )
+    .bind(pen.as_str())
+    .bind(status_seq as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().filter_map(|row| stored_session_ref(row.get(0), row.get(1))).collect())
 }
 
 /// Sessions of `pen` with an active TELEMETRY_GAP whose span overlaps `min_seq..=max_seq`:

@@ -11,7 +11,9 @@ use crate::Result;
 /// Judges one session with the six session rules, and TELEMETRY_GAP once it has ended; no
 /// judgements until its start is known.
 /// Cartridge wear counts this session and every session of the same cartridge that started
-/// before it (by device time), so the verdict does not depend on arrival order.
+/// before it (by device time), and the pen's condition is its last status event before the
+/// session (by sequence number; the firmware its birth message announced when it sent none),
+/// so the verdict does not depend on arrival order.
 pub(crate) async fn judge(
     tx: &mut Transaction<'_, Sqlite>,
     session: &SessionRef,
@@ -19,7 +21,12 @@ pub(crate) async fn judge(
 ) -> Result<Vec<Judgement>> {
     let row = sqlx::query(
         "SELECT s.started_ms, s.cartridge_udi, s.cartridge_signature, s.area, s.depth_setting_mm, s.max_depth_mm,
-             o.licence_level, p.motor_hours, p.firmware, l.public_key, l.recalled_ms,
+             o.licence_level,
+             (SELECT e.motor_hours FROM pen_events e WHERE e.pen_serial = s.pen_serial AND e.kind = 'status'
+                AND e.seq < s.start_seq ORDER BY e.seq DESC LIMIT 1),
+             COALESCE((SELECT NULLIF(e.firmware, '') FROM pen_events e WHERE e.pen_serial = s.pen_serial
+                AND e.kind = 'status' AND e.seq < s.start_seq ORDER BY e.seq DESC LIMIT 1), p.firmware),
+             l.public_key, l.recalled_ms,
              (SELECT COALESCE(SUM(c.motor_seconds), 0.0) FROM sessions c
               WHERE c.cartridge_gtin = s.cartridge_gtin AND c.cartridge_serial = s.cartridge_serial
                 AND c.started_ms <= s.started_ms),

@@ -1,6 +1,7 @@
 //! Order independence, proven through the ingest path: the same device messages applied in
 //! any arrival order, split into any batches, with redeliveries, leave exactly the active
-//! violations that in-order processing leaves.
+//! violations that in-order processing leaves. The streams cover cartridge reuse across pens,
+//! disinfection, depth, telemetry gaps and the pen's service status.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +20,8 @@ enum Message {
 /// One simulated session on a pen.
 #[derive(Debug, Clone)]
 struct SessionPlan {
+    /// Motor hours of a status report before the session (500 h is the service interval).
+    status_before: Option<f64>,
     disinfect_before: bool,
     cartridge: usize,
     telemetry: Vec<bool>,
@@ -48,6 +51,10 @@ fn pen_messages(pen: &PenSerial, start_ms: i64, sessions: &[SessionPlan]) -> Vec
         let event = |(seq, time): (u64, i64), event| {
             Message::Event(EventRecord { pen: pen.clone(), seq, device_time_unix_ms: time, event })
         };
+        if let Some(motor_hours) = session.status_before {
+            let kind = DeviceEvent::Status { battery_pct: 80.0, firmware: "2.4.1".into(), motor_hours };
+            messages.push(event(next(&mut seq, &mut time), kind));
+        }
         if session.disinfect_before {
             let kind = DeviceEvent::Disinfected { method: DisinfectionMethod::AlcoholWipe, sheath_changed: true };
             messages.push(event(next(&mut seq, &mut time), kind));
@@ -82,14 +89,15 @@ fn pen_messages(pen: &PenSerial, start_ms: i64, sessions: &[SessionPlan]) -> Vec
 }
 
 fn session_plan() -> impl Strategy<Value = SessionPlan> {
-    (prop::bool::weighted(0.7), 0usize..4, prop::collection::vec(prop::bool::weighted(0.85), 0..4), 1u32..4).prop_map(
-        |(disinfect_before, cartridge, telemetry, quarter_mm)| SessionPlan {
+    let status = prop::option::weighted(0.4, prop_oneof![Just(100.0), Just(600.0)]);
+    (status, prop::bool::weighted(0.7), 0usize..4, prop::collection::vec(prop::bool::weighted(0.85), 0..4), 1u32..4)
+        .prop_map(|(status_before, disinfect_before, cartridge, telemetry, quarter_mm)| SessionPlan {
+            status_before,
             disinfect_before,
             cartridge,
             telemetry,
             depth_mm: f64::from(quarter_mm) * 0.25,
-        },
-    )
+        })
 }
 
 /// Every message of 1 to 3 pens, in order, and an arrival plan: a permutation with some

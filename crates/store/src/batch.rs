@@ -6,7 +6,7 @@ use penwarden_domain::compliance::{
     judge_cartridge_reuse, judge_disinfection, CartridgeUse, Judgement, PenFact, PenFactKind, Rule, SessionRef,
 };
 use penwarden_domain::{CartridgeKey, ChainId, ClinicId, DeviceEvent, EventRecord, PenSerial, SessionId, Udi};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::directory::PenPlacement;
 use crate::{Result, Store};
@@ -205,29 +205,19 @@ impl Store {
             .await?;
         }
 
-        for (pen, seen_ms) in &batch.telemetry_seen {
-            touch_last_seen(&mut tx, pen, *seen_ms).await?;
-        }
+        touch_last_seen_many(&mut tx, &batch.telemetry_seen).await?;
 
         // The range of sequence numbers each pen newly filled in: a late message can close a
         // session's telemetry gap.
-        let mut new_seqs: BTreeMap<&PenSerial, (u64, u64)> = BTreeMap::new();
-        let mut note_new_seq = |pen, seq| {
-            let range = new_seqs.entry(pen).or_insert((seq, seq));
-            *range = (range.0.min(seq), range.1.max(seq));
-        };
-        for (pen, seq) in &batch.telemetry_seqs {
-            let inserted = sqlx::query(
-                "INSERT INTO telemetry_seqs (pen_serial, seq) VALUES (?, ?) ON CONFLICT (pen_serial, seq) DO NOTHING",
-            )
-            .bind(pen.as_str())
-            .bind(*seq as i64)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                note_new_seq(pen, *seq);
+        let mut new_seqs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut note_new_seq = |pen: &str, seq: u64| match new_seqs.get_mut(pen) {
+            Some(range) => *range = (range.0.min(seq), range.1.max(seq)),
+            None => {
+                new_seqs.insert(pen.to_owned(), (seq, seq));
             }
+        };
+        for (pen, seq) in insert_telemetry_seqs(&mut tx, &batch.telemetry_seqs).await? {
+            note_new_seq(&pen, seq);
         }
 
         let mut touched_pens: BTreeMap<PenSerial, u64> = BTreeMap::new();
@@ -241,7 +231,7 @@ impl Store {
                 continue;
             }
             effects.new_events += 1;
-            note_new_seq(&record.pen, record.seq);
+            note_new_seq(record.pen.as_str(), record.seq);
             touch_last_seen(&mut tx, &record.pen, record.device_time_unix_ms).await?;
             let placement = self.directory.get(&record.pen).unwrap_or_default();
             match &record.event {
@@ -291,9 +281,7 @@ impl Store {
             }
         }
 
-        for (pen, (min_seq, max_seq)) in new_seqs {
-            touched_sessions.extend(gapped_sessions_overlapping(&mut tx, pen, min_seq, max_seq).await?);
-        }
+        touched_sessions.extend(gapped_sessions_overlapping(&mut tx, &new_seqs).await?);
         for key in &touched_cartridges {
             let uses = cartridge_uses(&mut tx, key).await?;
             touched_sessions.extend(uses.iter().map(|usage| usage.session.clone()));
@@ -613,26 +601,72 @@ async fn sessions_judged_by_status(
     Ok(rows.into_iter().filter_map(|row| stored_session_ref(row.get(0), row.get(1))).collect())
 }
 
-/// Sessions of `pen` with an active TELEMETRY_GAP whose span overlaps `min_seq..=max_seq`:
-/// the messages just received may be the missing ones.
+/// Rows per multi-row statement: well under SQLite's 32766 bound parameters, and big enough
+/// that a batch of thousands of messages takes a handful of statements, not thousands.
+const ROWS_PER_STATEMENT: usize = 4000;
+
+/// Records telemetry sequence numbers; returns the ones not seen before.
+async fn insert_telemetry_seqs(
+    tx: &mut Transaction<'_, Sqlite>,
+    seqs: &[(PenSerial, u64)],
+) -> Result<Vec<(String, u64)>> {
+    let mut inserted = Vec::new();
+    for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("INSERT INTO telemetry_seqs (pen_serial, seq) ");
+        query.push_values(chunk, |mut row, (pen, seq)| {
+            row.push_bind(pen.as_str()).push_bind(*seq as i64);
+        });
+        query.push(" ON CONFLICT (pen_serial, seq) DO NOTHING RETURNING pen_serial, seq");
+        let rows = query.build().fetch_all(&mut **tx).await?;
+        inserted.extend(rows.iter().map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1) as u64)));
+    }
+    Ok(inserted)
+}
+
+/// Moves each pen's last-seen time forward (never back), in a few statements.
+async fn touch_last_seen_many(tx: &mut Transaction<'_, Sqlite>, seen: &BTreeMap<PenSerial, i64>) -> Result<()> {
+    let seen: Vec<(&PenSerial, &i64)> = seen.iter().collect();
+    for chunk in seen.chunks(ROWS_PER_STATEMENT) {
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("WITH seen (pen_serial, seen_ms) AS (");
+        query.push_values(chunk, |mut row, (pen, seen_ms)| {
+            row.push_bind(pen.as_str()).push_bind(**seen_ms);
+        });
+        query.push(
+            ") UPDATE pens SET last_seen_ms = seen.seen_ms FROM seen
+             WHERE pens.pen_serial = seen.pen_serial AND (pens.last_seen_ms IS NULL OR pens.last_seen_ms < seen.seen_ms)",
+        );
+        query.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Sessions with an active TELEMETRY_GAP whose span overlaps the sequence numbers a pen just
+/// filled in (pen -> lowest and highest new number): those may be the missing messages.
 async fn gapped_sessions_overlapping(
     tx: &mut Transaction<'_, Sqlite>,
-    pen: &PenSerial,
-    min_seq: u64,
-    max_seq: u64,
+    new_seqs: &BTreeMap<String, (u64, u64)>,
 ) -> Result<Vec<SessionRef>> {
-    let rows = sqlx::query(
-        "SELECT s.pen_serial, s.session_id FROM violations v
-         JOIN sessions s ON s.pen_serial = v.pen_serial AND s.session_id = v.session_id
-         WHERE v.rule = ? AND v.pen_serial = ? AND v.retracted_ms IS NULL AND s.start_seq < ? AND s.end_seq > ?",
-    )
-    .bind(Rule::TelemetryGap.id())
-    .bind(pen.as_str())
-    .bind(max_seq as i64)
-    .bind(min_seq as i64)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows.into_iter().filter_map(|row| stored_session_ref(row.get(0), row.get(1))).collect())
+    let ranges: Vec<(&String, &(u64, u64))> = new_seqs.iter().collect();
+    let mut found = Vec::new();
+    for chunk in ranges.chunks(ROWS_PER_STATEMENT / 2) {
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("WITH filled (pen_serial, min_seq, max_seq) AS (");
+        query.push_values(chunk, |mut row, (pen, (min_seq, max_seq))| {
+            row.push_bind(pen.as_str()).push_bind(*min_seq as i64).push_bind(*max_seq as i64);
+        });
+        query.push(
+            ") SELECT s.pen_serial, s.session_id FROM filled
+             JOIN violations v ON v.rule = ",
+        );
+        query.push_bind(Rule::TelemetryGap.id());
+        query.push(
+            " AND v.pen_serial = filled.pen_serial AND v.retracted_ms IS NULL
+             JOIN sessions s ON s.pen_serial = v.pen_serial AND s.session_id = v.session_id
+             WHERE s.start_seq < filled.max_seq AND s.end_seq > filled.min_seq",
+        );
+        let rows = query.build().fetch_all(&mut **tx).await?;
+        found.extend(rows.into_iter().filter_map(|row| stored_session_ref(row.get(0), row.get(1))));
+    }
+    Ok(found)
 }
 
 fn stored_session_ref(pen: String, session_id: String) -> Option<SessionRef> {

@@ -47,6 +47,9 @@ pub struct Options {
     pub gzip: bool,
     /// Lines per HTTP request; InfluxDB recommends batches of about 5000.
     pub max_lines_per_request: usize,
+    /// Requests of one write in flight at once: InfluxDB parses concurrent writes on several
+    /// cores, so a large batch lands sooner than with one request after another.
+    pub concurrent_requests: usize,
     pub request_timeout_ms: u64,
     /// Backoff starts here and doubles per failed attempt, up to `max_backoff_ms`.
     pub min_backoff_ms: u64,
@@ -63,6 +66,7 @@ impl Default for Options {
             token: String::new(),
             gzip: true,
             max_lines_per_request: 5000,
+            concurrent_requests: 4,
             request_timeout_ms: 10_000,
             min_backoff_ms: 100,
             max_backoff_ms: 10_000,
@@ -215,10 +219,47 @@ impl Writer {
         patience: Option<Duration>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<WriteReport, Error> {
+        use futures_util::StreamExt;
         let give_up_at = patience.map(|patience| std::time::Instant::now() + patience);
-        let mut report = WriteReport::default();
         let lines: Vec<&str> = body.lines().filter(|line| !line.is_empty()).collect();
-        let mut pending: Vec<&[&str]> = lines.chunks(self.options.max_lines_per_request.max(1)).rev().collect();
+        // Futures are lazy: collecting them starts nothing; the stream runs a few at a time.
+        // (Collecting first also keeps the stream's type free of a borrowing closure, which
+        // would make the caller's future not `Send`.)
+        let requests: Vec<_> = lines
+            .chunks(self.options.max_lines_per_request.max(1))
+            .map(|chunk| self.write_chunk(chunk, give_up_at, shutdown.clone()))
+            .collect();
+        let mut results =
+            futures_util::stream::iter(requests).buffer_unordered(self.options.concurrent_requests.max(1));
+        let mut report = WriteReport::default();
+        let mut failure = None;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(chunk_report) => {
+                    report.lines += chunk_report.lines;
+                    report.requests += chunk_report.requests;
+                    report.failed_attempts += chunk_report.failed_attempts;
+                    report.rejected_lines += chunk_report.rejected_lines;
+                }
+                // The other requests finish (or give up) too; the write as a whole failed.
+                Err(error) => failure = failure.or(Some(error)),
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+
+    /// Writes one request's lines, splitting them when InfluxDB finds the body too large.
+    async fn write_chunk(
+        &self,
+        chunk: &[&str],
+        give_up_at: Option<std::time::Instant>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<WriteReport, Error> {
+        let mut report = WriteReport::default();
+        let mut pending: Vec<&[&str]> = vec![chunk];
         while let Some(chunk) = pending.pop() {
             let mut backoff = Duration::from_millis(self.options.min_backoff_ms);
             loop {

@@ -39,24 +39,73 @@ impl MqttAddress {
 
 /// A publish and the connection it arrived on: acks are only valid on that connection (after
 /// a reconnect the broker redelivers, and a stale packet id could ack a different message).
+/// Received publishes held for the pipeline before polling pauses; below the request
+/// channel's capacity (1 << 16) so the acks of all of them always fit.
+const MAX_PENDING: usize = 20_000;
+
 pub(crate) struct Incoming {
     pub(crate) publish: Publish,
     pub(crate) connection: u64,
 }
 
-#[derive(Clone)]
+/// Sends the pipeline's acks without ever waiting on the MQTT client: acks travel through the
+/// client's request channel, which only the polling task drains, and that task may be paused
+/// waiting for the pipeline (MAX_PENDING). Waiting here could close that circle, so an ack the
+/// channel has no room for waits in `overflow` and goes with the next ones.
 pub(crate) struct Acker {
     client: AsyncClient,
     connection: Arc<AtomicU64>,
+    overflow: std::collections::VecDeque<(Publish, u64)>,
 }
 
 impl Acker {
-    pub(crate) async fn ack(&self, message: &Incoming) {
-        if message.connection != self.connection.load(Ordering::Acquire) {
-            return;
+    /// Queues the ack of a message (dropped if it came on an earlier connection: the broker
+    /// redelivers those anyway).
+    pub(crate) fn ack(&mut self, message: &Incoming) {
+        self.flush();
+        if !self.overflow.is_empty() || !self.try_ack(&message.publish, message.connection) {
+            self.overflow.push_back((message.publish.clone(), message.connection));
         }
-        if let Err(e) = self.client.ack(&message.publish).await {
-            tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
+    }
+
+    /// Sends the acks that found no room earlier, oldest first, as far as there is room now.
+    pub(crate) fn flush(&mut self) {
+        while let Some((publish, connection)) = self.overflow.front() {
+            if !self.try_ack(publish, *connection) {
+                break;
+            }
+            self.overflow.pop_front();
+        }
+        metrics::gauge!("penwarden_mqtt_acks_waiting").set(self.overflow.len() as f64);
+    }
+
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.overflow.is_empty()
+    }
+
+    /// Waits until every ack is queued; only for shutdown, when the polling task runs freely.
+    pub(crate) async fn flush_all(&mut self) {
+        while let Some((publish, connection)) = self.overflow.pop_front() {
+            if connection == self.connection.load(Ordering::Acquire) {
+                if let Err(e) = self.client.ack(&publish).await {
+                    tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
+                }
+            }
+        }
+    }
+
+    /// False when the request channel is full (try again later); true when queued or moot.
+    fn try_ack(&self, publish: &Publish, connection: u64) -> bool {
+        if connection != self.connection.load(Ordering::Acquire) {
+            return true;
+        }
+        match self.client.try_ack(publish) {
+            Ok(()) => true,
+            Err(rumqttc::ClientError::TryRequest(_)) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
+                true
+            }
         }
     }
 }
@@ -104,7 +153,7 @@ impl Connection {
     }
 
     pub(crate) fn acker(&self) -> Acker {
-        Acker { client: self.client.clone(), connection: self.connection.clone() }
+        Acker { client: self.client.clone(), connection: self.connection.clone(), overflow: Default::default() }
     }
 
     fn on_connected(&mut self, session_present: bool) {
@@ -133,25 +182,39 @@ impl Connection {
     ) {
         let mut forward = Some(forward);
         let mut backoff = Duration::from_millis(100);
+        // Publishes received and not yet taken by the pipeline. The event loop must be polled
+        // all the time, because polling is also what sends the pipeline's acks: waiting for
+        // room in the pipeline's channel instead deadlocks once the ack queue fills (seen at
+        // 300k samples/s). Its size is bounded by the broker's in-flight window for this
+        // client (unacked QoS 1 messages), which the acks keep moving, and by MAX_PENDING:
+        // beyond it polling pauses until the pipeline catches up. That is safe because the acks
+        // queued meanwhile (at most MAX_PENDING) fit in the client's request channel.
+        let mut pending: std::collections::VecDeque<Incoming> = std::collections::VecDeque::new();
         loop {
             if *stop.borrow() {
-                // Stop taking messages; unacked ones stay with the broker for next time.
                 forward = None;
+                pending.clear();
             }
+            metrics::gauge!("penwarden_mqtt_pending_messages").set(pending.len() as f64);
+            let mut pipeline_gone = false;
             tokio::select! {
                 _ = stop.changed(), if forward.is_some() => continue,
                 _ = drained.changed() => break,
-                polled = self.eventloop.poll() => match polled {
+                permit = async { forward.as_ref()?.reserve().await.ok() }, if !pending.is_empty() && forward.is_some() => {
+                    match (permit, pending.pop_front()) {
+                        (Some(permit), Some(message)) => permit.send(message),
+                        // The pipeline is gone: nothing more to forward.
+                        _ => pipeline_gone = true,
+                    }
+                }
+                polled = self.eventloop.poll(), if pending.len() < MAX_PENDING => match polled {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         backoff = Duration::from_millis(100);
                         self.on_connected(ack.session_present);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if let Some(sender) = &forward {
-                            let message = Incoming { publish, connection: self.connection.load(Ordering::Acquire) };
-                            if sender.send(message).await.is_err() {
-                                forward = None;
-                            }
+                        if forward.is_some() {
+                            pending.push_back(Incoming { publish, connection: self.connection.load(Ordering::Acquire) });
                         }
                     }
                     Ok(_) => {}
@@ -162,6 +225,9 @@ impl Connection {
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
+            }
+            if pipeline_gone {
+                forward = None;
             }
         }
         // Flush queued acks, then say goodbye so the broker does not publish our will.

@@ -55,6 +55,8 @@ const QUARANTINE_EXCERPT_BYTES: usize = 256;
 const OUTBOX_ROWS_PER_BATCH: i64 = 200;
 /// While InfluxDB is down, how often a batch tries it again instead of going to the spool.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// With no messages arriving, how often acks that found the client's queue full are retried.
+const ACK_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 /// With no messages arriving, how often the spool is drained.
 const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -133,6 +135,10 @@ impl Pipeline {
             let first = tokio::select! {
                 message = receive.recv() => message,
                 _ = shutdown.changed() => None,
+                _ = tokio::time::sleep(ACK_RETRY_INTERVAL), if self.acker.has_waiting() => {
+                    self.acker.flush();
+                    continue;
+                }
                 _ = tokio::time::sleep(IDLE_DRAIN_INTERVAL), if self.spool_bytes > 0 => {
                     self.process(Vec::new(), &mut shutdown).await?;
                     continue;
@@ -158,6 +164,7 @@ impl Pipeline {
             let mut no_interrupt = watch::channel(false).1;
             self.process(messages, &mut no_interrupt).await?;
         }
+        self.acker.flush_all().await;
         tracing::info!("ingest drained");
         Ok(())
     }
@@ -238,7 +245,7 @@ impl Pipeline {
         }
 
         for message in &messages {
-            self.acker.ack(message).await;
+            self.acker.ack(message);
         }
         metrics::counter!("penwarden_mqtt_messages_acked_total").increment(messages.len() as u64);
         self.stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);

@@ -6,6 +6,7 @@
 
 mod fleet;
 mod inject;
+mod load;
 
 use std::time::Duration;
 
@@ -56,6 +57,22 @@ pub(crate) struct Args {
     /// Publish the protobuf JSON mapping instead of binary protobuf.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Load mode: offer this many telemetry samples per second (0: as fast as the broker takes
+    /// them) from --pens pens over --connections connections, with no sessions or events.
+    #[arg(long)]
+    pub(crate) load_rate: Option<u64>,
+    /// Load mode: samples per telemetry message.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) samples_per_message: usize,
+    /// Load mode: MQTT connections the pens share.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) connections: usize,
+    /// Load mode: afterwards, count the samples in this InfluxDB (v1 query API, http://host:port).
+    #[arg(long)]
+    pub(crate) verify_influx: Option<String>,
+    /// Load mode: the database --verify-influx counts in.
+    #[arg(long, default_value = "penwarden")]
+    pub(crate) verify_db: String,
     /// API key token for --grpc-url (an admin key, to register the fleet and recall).
     #[arg(long, env = "PENWARDEN_API_KEY", hide_env_values = true)]
     pub(crate) api_key: Option<String>,
@@ -98,6 +115,9 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     if args.pens == 0 || args.clinics == 0 || args.chains == 0 {
         anyhow::bail!("--pens, --clinics and --chains must be at least 1");
+    }
+    if let Some(rate) = args.load_rate {
+        return load::run(&args, rate).await;
     }
     let (min, max) = args
         .session_secs

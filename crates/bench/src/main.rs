@@ -1,0 +1,278 @@
+//! `penwarden-bench`: the load benchmark. Starts real Mosquitto, InfluxDB 1.x and a release
+//! `penwarden serve` (the test harness's servers, on free loopback ports), drives them with
+//! `pensim --load-rate`, and writes the results as JSON and a markdown table.
+//!
+//! Run it through `scripts/bench.sh` (builds release binaries first); docs/performance.md
+//! explains each scenario.
+
+use std::time::{Duration, Instant};
+
+use penwarden_proto::api::v1 as api;
+use penwarden_proto::device::v1 as wire;
+use penwarden_tests::{binary, free_port, Influxd, Mosquitto, Penwarden, Publisher};
+use prost::Message;
+use tokio_stream::StreamExt;
+
+struct Options {
+    duration_s: u64,
+    rates: Vec<u64>,
+    fleets: Vec<usize>,
+    out: std::path::PathBuf,
+    runs: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        duration_s: 60,
+        rates: vec![100_000, 200_000, 300_000, 400_000, 500_000],
+        fleets: vec![1000, 10_000],
+        out: "bench-results".into(),
+        runs: 3,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        let list = |v: &str| v.split(',').filter_map(|x| x.trim().parse().ok()).collect::<Vec<u64>>();
+        match args[i].as_str() {
+            "--duration" => options.duration_s = value.parse().expect("--duration SECONDS"),
+            "--rates" => options.rates = list(&value),
+            "--fleets" => options.fleets = list(&value).into_iter().map(|n| n as usize).collect(),
+            "--out" => options.out = value.into(),
+            "--runs" => options.runs = value.parse().expect("--runs N"),
+            other => panic!("unknown argument {other}; see docs/performance.md"),
+        }
+        i += 2;
+    }
+    options
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of a process in MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Stack {
+    mosquitto: Mosquitto,
+    influxd: Influxd,
+    penwarden: Penwarden,
+}
+
+async fn stack(gzip: bool) -> Stack {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".to_string()),
+        ("PENWARDEN_INFLUX_GZIP", gzip.to_string()),
+        ("PENWARDEN_AUTO_REGISTER_PENS", "true".to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    Stack { mosquitto, influxd, penwarden }
+}
+
+/// One load run: offered rate for the duration, then verify every sample landed.
+async fn load_run(stack: &Stack, pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
+    let pid = stack.penwarden.process.id();
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let output = tokio::process::Command::new(binary("pensim"))
+        .args(["--mqtt-url", &stack.mosquitto.url(), "--pens", &pens.to_string(), "--connections", "4"])
+        .args(["--load-rate", &rate.to_string(), "--duration", &duration_s.to_string(), "--qos", "1"])
+        .args(["--seed", &free_port().to_string(), "--verify-influx", &stack.influxd.url()])
+        .output()
+        .await
+        .expect("run pensim");
+    assert!(output.status.success(), "pensim failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let samples = result["samples"].as_f64().unwrap_or(0.0);
+    let landed = result["landed_samples"].as_f64().unwrap_or(0.0);
+    result["penwarden_cpu_s"] = round3(cpu).into();
+    result["penwarden_cpu_s_per_million_samples"] = round3(cpu / (samples / 1e6)).into();
+    result["penwarden_peak_rss_mib"] = round3(peak_rss_mib(pid)).into();
+    result["wall_s"] = round3(started.elapsed().as_secs_f64()).into();
+    // Sustained: nothing lost, and the backlog drained within 5 s of the load stopping.
+    let drained = result["verify_wait_s"].as_f64().unwrap_or(f64::MAX) <= 5.0;
+    result["zero_loss"] = (landed == samples).into();
+    result["sustained"] = (landed == samples && drained).into();
+    eprintln!("  {pens} pens, offered {rate}/s: {result}");
+    result
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Target 3: publish to violation on WatchViolations, under background telemetry load.
+async fn alert_latency(stack: &Stack, background_rate: u64, probes: usize) -> serde_json::Value {
+    let mut compliance = stack.penwarden.compliance().await;
+    let stream = compliance.watch_violations(api::WatchViolationsRequest::default()).await.expect("watch");
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = stream.into_inner();
+        while let Some(Ok(change)) = stream.next().await {
+            let _ = sender.send((Instant::now(), change));
+        }
+    });
+    let background = tokio::process::Command::new(binary("pensim"))
+        .args(["--mqtt-url", &stack.mosquitto.url(), "--pens", "1000", "--connections", "4"])
+        .args(["--load-rate", &background_rate.to_string(), "--duration", &(probes / 10 + 10).to_string()])
+        .args(["--seed", &free_port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("background load");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut publisher = Publisher::connect(stack.mosquitto.port).await;
+    let mut latencies_ms = Vec::new();
+    for probe in 0..probes {
+        let pen = format!("ALERT-{probe:05}");
+        // A cartridge of an unregistered lot: CARTRIDGE_UNVERIFIED as soon as the start lands.
+        let start = wire::SessionStarted {
+            session_id: format!("probe-{probe}"),
+            cartridge_udi: format!("(01)09506000134352(17)301231(10)NOLOT(21)P{probe}"),
+            area: wire::TreatmentArea::Cheek as i32,
+            depth_setting_mm: 0.5,
+            ..Default::default()
+        };
+        let event = wire::PenEvent {
+            schema_version: 1,
+            pen_serial: pen.clone(),
+            seq: 1,
+            time_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            kind: Some(wire::pen_event::Kind::SessionStarted(start)),
+        };
+        let published = Instant::now();
+        publisher.publish(&format!("pw/v1/pens/{pen}/events"), event.encode_to_vec()).await;
+        let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let (at, change) = receiver.recv().await.expect("watch stream open");
+                if change.violation.is_some_and(|v| v.pen_serial == pen) {
+                    return at;
+                }
+            }
+        })
+        .await
+        .expect("violation within 10 s");
+        latencies_ms.push(arrived.duration_since(published).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = background.wait_with_output().await;
+    latencies_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies_ms[((latencies_ms.len() as f64 - 1.0) * p).round() as usize];
+    let result = serde_json::json!({
+        "background_samples_per_s": background_rate,
+        "probes": probes,
+        "p50_ms": round3(pct(0.5)),
+        "p99_ms": round3(pct(0.99)),
+        "max_ms": round3(pct(1.0)),
+    });
+    eprintln!("  alert latency: {result}");
+    result
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("unknown", |m| m.trim_start_matches([' ', '\t', ':']));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb = memory.lines().find_map(|l| l.strip_prefix("MemTotal:")).map_or("", str::trim);
+    serde_json::json!({ "cpu": model, "cores": cores, "memory": mem_kb })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let options = options();
+    std::fs::create_dir_all(&options.out).expect("create the results directory");
+    let mut results =
+        serde_json::json!({ "machine": machine(), "duration_s": options.duration_s, "runs": options.runs });
+    let mut rows = Vec::new();
+
+    // Targets 1 and 2: throughput per fleet size and rate; CPU per million samples and memory.
+    let mut throughput = Vec::new();
+    for &pens in &options.fleets {
+        for &rate in &options.rates {
+            let mut runs = Vec::new();
+            for _ in 0..options.runs {
+                let stack = stack(false).await;
+                runs.push(load_run(&stack, pens, rate, options.duration_s).await);
+            }
+            let sustained = runs.iter().all(|r| r["sustained"].as_bool() == Some(true));
+            let achieved = median(runs.iter().map(|r| r["achieved_samples_per_s"].as_f64().unwrap_or(0.0)).collect());
+            let cpu =
+                median(runs.iter().map(|r| r["penwarden_cpu_s_per_million_samples"].as_f64().unwrap_or(0.0)).collect());
+            let rss = median(runs.iter().map(|r| r["penwarden_peak_rss_mib"].as_f64().unwrap_or(0.0)).collect());
+            let drain = median(runs.iter().map(|r| r["verify_wait_s"].as_f64().unwrap_or(0.0)).collect());
+            rows.push(format!(
+                "| throughput | {pens} pens, offered {rate}/s, gzip off | {achieved:.0} samples/s published, {} | CPU {cpu:.2} s per million samples, peak RSS {rss:.0} MiB, drained in {drain:.1} s |",
+                if sustained { "all landed, sustained" } else { "NOT sustained" }
+            ));
+            throughput.push(serde_json::json!({ "pens": pens, "offered": rate, "sustained": sustained, "runs": runs }));
+        }
+    }
+    results["throughput"] = throughput.into();
+
+    // Target 2 with gzip on, at 100k samples/s.
+    let mut gzip_runs = Vec::new();
+    for _ in 0..options.runs {
+        let stack = stack(true).await;
+        gzip_runs.push(load_run(&stack, 1000, 100_000, options.duration_s).await);
+    }
+    let cpu =
+        median(gzip_runs.iter().map(|r| r["penwarden_cpu_s_per_million_samples"].as_f64().unwrap_or(0.0)).collect());
+    rows.push(format!("| efficiency | 1000 pens, 100000/s, gzip on | | CPU {cpu:.2} s per million samples |"));
+    results["gzip_on"] = gzip_runs.into();
+
+    // Target 3.
+    let mut latency_runs = Vec::new();
+    for _ in 0..options.runs {
+        let stack = stack(false).await;
+        latency_runs.push(alert_latency(&stack, 100_000, 200).await);
+    }
+    let p50 = median(latency_runs.iter().map(|r| r["p50_ms"].as_f64().unwrap_or(0.0)).collect());
+    let p99 = median(latency_runs.iter().map(|r| r["p99_ms"].as_f64().unwrap_or(0.0)).collect());
+    rows.push(format!("| alert latency | publish to WatchViolations, 100000 samples/s background | p50 {p50:.1} ms | p99 {p99:.1} ms |"));
+    results["alert_latency"] = latency_runs.into();
+
+    let json = serde_json::to_string_pretty(&results).expect("json");
+    std::fs::write(options.out.join("results.json"), json).expect("write results.json");
+    let machine = &results["machine"];
+    let markdown = format!(
+        "# penwarden benchmark\n\nMachine: {} ({} cores, {} memory). Medians of {} runs of {} s each.\n\n| target | scenario | result | notes |\n|---|---|---|---|\n{}\n",
+        machine["cpu"].as_str().unwrap_or(""),
+        machine["cores"],
+        machine["memory"].as_str().unwrap_or(""),
+        options.runs,
+        options.duration_s,
+        rows.join("\n")
+    );
+    std::fs::write(options.out.join("results.md"), &markdown).expect("write results.md");
+    println!("{markdown}");
+}

@@ -1,0 +1,232 @@
+//! Load mode (`--load-rate`): many pens' telemetry over a few connections at a fixed offered
+//! rate, or as fast as the broker takes it, then a summary of achieved rates and, with
+//! `--verify-influx`, how many samples landed in InfluxDB.
+//!
+//! Each pen's samples get distinct device times (1 ms apart, from an hour ago on), so every
+//! sample is its own point and InfluxDB's count must equal what was sent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use penwarden_proto::device::v1 as wire;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::time::Instant;
+
+use crate::Args;
+
+/// How often each connection's sender wakes to publish what the rate allows.
+const TICK: Duration = Duration::from_millis(5);
+
+#[derive(Default)]
+struct Totals {
+    messages: AtomicU64,
+    samples: AtomicU64,
+    acked: AtomicU64,
+}
+
+pub(crate) async fn run(args: &Args, rate: u64) -> anyhow::Result<serde_json::Value> {
+    if args.samples_per_message == 0 || args.connections == 0 {
+        anyhow::bail!("--samples-per-message and --connections must be at least 1");
+    }
+    let qos = if args.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+    let totals = Arc::new(Totals::default());
+    let start_ms = now_ms() - 3_600_000;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let connections = args.connections.min(args.pens);
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let pens: Vec<String> =
+            (connection..args.pens).step_by(connections).map(|i| format!("PW-{:06}", i + 1)).collect();
+        // This connection's share of the offered rate, in messages per second (0: unlimited).
+        let messages_per_s = rate as f64 / args.samples_per_message as f64 / connections as f64;
+        let client = Connection::open(args, connection, totals.clone()).await?;
+        let args = args.clone();
+        let totals = totals.clone();
+        tasks.push(tokio::spawn(async move {
+            send(&args, client, pens, messages_per_s, qos, start_ms, deadline, &totals).await
+        }));
+    }
+    let mut open = Vec::new();
+    for task in tasks {
+        open.push(task.await.context("a sender panicked")??);
+    }
+    let sent_in = started.elapsed();
+    let messages = totals.messages.load(Ordering::Relaxed);
+    let samples = totals.samples.load(Ordering::Relaxed);
+    if qos == QoS::AtLeastOnce {
+        let wait = tokio::time::timeout(Duration::from_secs(120), async {
+            while totals.acked.load(Ordering::Relaxed) < messages {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        wait.await.context("the broker did not acknowledge every message within 120 s")?;
+    }
+    let acked_in = started.elapsed();
+    for connection in open {
+        let _ = connection.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), connection.eventloop).await;
+    }
+    let mut summary = serde_json::json!({
+        "mode": "load",
+        "pens": args.pens,
+        "connections": connections,
+        "qos": args.qos,
+        "samples_per_message": args.samples_per_message,
+        "offered_samples_per_s": rate,
+        "messages": messages,
+        "samples": samples,
+        "send_s": round(sent_in.as_secs_f64()),
+        "achieved_samples_per_s": round(samples as f64 / sent_in.as_secs_f64()),
+        "acked_samples_per_s": round(samples as f64 / acked_in.as_secs_f64()),
+    });
+    if let Some(url) = &args.verify_influx {
+        let (landed, waited) = verify(url, &args.verify_db, samples).await?;
+        summary["landed_samples"] = landed.into();
+        summary["verify_wait_s"] = round(waited.as_secs_f64()).into();
+    }
+    Ok(summary)
+}
+
+fn round(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Connection {
+    client: AsyncClient,
+    eventloop: tokio::task::JoinHandle<()>,
+}
+
+impl Connection {
+    async fn open(args: &Args, index: usize, totals: Arc<Totals>) -> anyhow::Result<Connection> {
+        let rest = args.mqtt_url.strip_prefix("mqtt://").context("--mqtt-url must start with mqtt://")?;
+        let (host, port) = rest.rsplit_once(':').map_or(Ok((rest, 1883)), |(h, p)| p.parse().map(|p| (h, p)))?;
+        let id = format!("pensim-load-{}-{}-{index}", args.seed, std::process::id());
+        let mut options = MqttOptions::new(id, host, port);
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_inflight(u16::MAX)
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_request_channel_capacity(50_000);
+        let (client, mut eventloop) = AsyncClient::new(options, 50_000);
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
+            Ok(Ok(other)) => anyhow::bail!("unexpected first MQTT packet {other:?}"),
+            Ok(Err(e)) => anyhow::bail!("cannot connect to {}: {e}", args.mqtt_url),
+            Err(_) => anyhow::bail!("no CONNACK from {} within 10 s", args.mqtt_url),
+        }
+        let eventloop = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        totals.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("pensim: MQTT connection error: {e}; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(Connection { client, eventloop })
+    }
+}
+
+/// Publishes round-robin over `pens` until the deadline, keeping to `messages_per_s` (or as
+/// fast as the client takes them when it is 0).
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    args: &Args,
+    connection: Connection,
+    pens: Vec<String>,
+    messages_per_s: f64,
+    qos: QoS,
+    start_ms: i64,
+    deadline: Instant,
+    totals: &Totals,
+) -> anyhow::Result<Connection> {
+    let topics: Vec<String> = pens.iter().map(|pen| format!("{}/pens/{pen}/telemetry", args.topic_root)).collect();
+    let mut seqs = vec![0u64; pens.len()];
+    let per_message = args.samples_per_message as i64;
+    let began = Instant::now();
+    let mut sent = 0u64;
+    let mut next_pen = 0usize;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while Instant::now() < deadline {
+        let due = if messages_per_s > 0.0 {
+            ticker.tick().await;
+            (began.elapsed().as_secs_f64() * messages_per_s) as u64
+        } else {
+            sent + 100
+        };
+        while sent < due {
+            let index = next_pen;
+            next_pen = (next_pen + 1) % pens.len();
+            seqs[index] += 1;
+            let seq = seqs[index];
+            let first_ms = start_ms + (seq as i64 - 1) * per_message;
+            let batch = wire::TelemetryBatch {
+                schema_version: 1,
+                pen_serial: pens[index].clone(),
+                seq,
+                session_id: String::new(),
+                samples: (0..per_message)
+                    .map(|k| wire::Sample {
+                        time_unix_ms: first_ms + k,
+                        depth_mm: 0.75,
+                        speed_rpm: 7000.0,
+                        motor_current_ma: 320.0,
+                        temperature_c: 31.5,
+                        battery_pct: 80.0,
+                    })
+                    .collect(),
+            };
+            let payload =
+                if args.json { serde_json::to_vec(&batch).unwrap_or_default() } else { batch.encode_to_vec() };
+            connection.client.publish(topics[index].clone(), qos, false, payload).await.context("publishing")?;
+            sent += 1;
+            totals.messages.fetch_add(1, Ordering::Relaxed);
+            totals.samples.fetch_add(per_message as u64, Ordering::Relaxed);
+        }
+    }
+    // The caller keeps the connection open until the broker acknowledged everything.
+    Ok(connection)
+}
+
+/// Polls InfluxDB (v1 query API) until it holds `expected` samples, or 120 s pass with no
+/// progress; returns what landed and how long it took.
+async fn verify(url: &str, database: &str, expected: u64) -> anyhow::Result<(u64, Duration)> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut last = (0u64, Instant::now());
+    loop {
+        let response = client
+            .get(format!("{url}/query"))
+            .query(&[("db", database), ("q", "SELECT count(depth_mm) FROM pen_telemetry")])
+            .send()
+            .await
+            .context("querying InfluxDB")?;
+        let body: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+        let landed = body["results"][0]["series"][0]["values"][0][1].as_u64().unwrap_or(0);
+        if landed >= expected {
+            return Ok((landed, started.elapsed()));
+        }
+        if landed > last.0 {
+            last = (landed, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(120) {
+            return Ok((landed, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -64,7 +64,10 @@ impl Acker {
     pub(crate) fn ack(&mut self, message: &Incoming) {
         self.flush();
         if !self.overflow.is_empty() || !self.try_ack(&message.publish, message.connection) {
-            self.overflow.push_back((message.publish.clone(), message.connection));
+            // Only the packet id and QoS make an ack: keep those, not the payload.
+            let mut ack = Publish::new("", message.publish.qos, Vec::new());
+            ack.pkid = message.publish.pkid;
+            self.overflow.push_back((ack, message.connection));
         }
     }
 

@@ -23,10 +23,19 @@ fn placement_tags<'a>(
 /// One point per sample.
 pub fn telemetry(lines: &mut LineBuilder, batch: &Telemetry, placement: &PenPlacement) {
     let session_id = batch.session_id.as_ref().map_or("", |s| s.as_str());
+    // The series is the same for every sample of a batch: escape its tags once.
+    let series = penwarden_influx::line::series_key(
+        TELEMETRY,
+        &[
+            ("chain", placement.chain.as_ref().map_or("", |c| c.as_str())),
+            ("clinic", placement.clinic.as_ref().map_or("", |c| c.as_str())),
+            ("model", &placement.model),
+            ("pen", batch.pen.as_str()),
+        ],
+    );
     for sample in &batch.samples {
-        placement_tags(lines.point(TELEMETRY), placement)
-            .tag("model", &placement.model)
-            .tag("pen", batch.pen.as_str())
+        lines
+            .point_in_series(&series)
             .float("depth_mm", sample.depth_mm)
             .float("speed_rpm", sample.speed_rpm)
             .float("motor_current_ma", sample.motor_current_ma)

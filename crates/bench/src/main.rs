@@ -5,6 +5,9 @@
 //! Run it through `scripts/bench.sh` (builds release binaries first); docs/performance.md
 //! explains each scenario.
 
+mod api_load;
+mod seed;
+
 use std::time::{Duration, Instant};
 
 use penwarden_proto::api::v1 as api;
@@ -209,6 +212,23 @@ fn machine() -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        // penwarden-bench seed PATH: a store with the volumes of target 4.
+        Some("seed") => {
+            let path = args.get(1).expect("penwarden-bench seed PATH");
+            return seed::seed(path, 1_000_000, 200_000, 100_000).await;
+        }
+        // penwarden-bench api [RATE [SECONDS]]: target 4 against a freshly seeded store.
+        Some("api") => {
+            let rate = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(10_000);
+            let seconds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
+            let result = api_load::run(rate, seconds).await;
+            println!("{}", serde_json::to_string_pretty(&result).expect("json"));
+            return;
+        }
+        _ => {}
+    }
     let options = options();
     std::fs::create_dir_all(&options.out).expect("create the results directory");
     let mut results =

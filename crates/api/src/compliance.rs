@@ -93,24 +93,37 @@ fn violation_message(row: ViolationRow) -> pb::Violation {
     }
 }
 
-fn violation_filter(request: &pb::ListViolationsRequest, scope: Scope) -> Result<ViolationFilter, Status> {
-    let page_size = page_size(request.page_size)?;
-    if !request.rule.is_empty() && Rule::from_id(&request.rule).is_none() {
-        return Err(Status::invalid_argument(format!("unknown rule {:?}", request.rule)));
+/// The filters ListViolations and WatchViolations share, checked, within `scope`.
+fn narrowed(
+    scope: Scope,
+    rule: &str,
+    clinic_id: &str,
+    chain_id: &str,
+    pen_serial: &str,
+) -> Result<ViolationFilter, Status> {
+    if !rule.is_empty() && Rule::from_id(rule).is_none() {
+        return Err(Status::invalid_argument(format!("unknown rule {rule:?}")));
     }
-    let (from, to) = time_range(request.from_unix_ms, request.to_unix_ms)?;
     Ok(ViolationFilter {
         scope,
-        clinic_id: optional("clinic_id", &request.clinic_id, ClinicId::parse)?.map(|c| c.to_string()),
-        chain_id: optional("chain_id", &request.chain_id, ChainId::parse)?.map(|c| c.to_string()),
-        pen_serial: optional("pen_serial", &request.pen_serial, PenSerial::parse)?.map(|p| p.to_string()),
-        rule: (!request.rule.is_empty()).then(|| request.rule.clone()),
-        from_ms: from,
-        to_ms: to,
+        clinic_id: optional("clinic_id", clinic_id, ClinicId::parse)?.map(|c| c.to_string()),
+        chain_id: optional("chain_id", chain_id, ChainId::parse)?.map(|c| c.to_string()),
+        pen_serial: optional("pen_serial", pen_serial, PenSerial::parse)?.map(|p| p.to_string()),
+        rule: (!rule.is_empty()).then(|| rule.to_owned()),
+        ..ViolationFilter::default()
+    })
+}
+
+fn violation_filter(request: &pb::ListViolationsRequest, scope: Scope) -> Result<ViolationFilter, Status> {
+    let limit = page_size(request.page_size)?;
+    let (from_ms, to_ms) = time_range(request.from_unix_ms, request.to_unix_ms)?;
+    Ok(ViolationFilter {
+        from_ms,
+        to_ms,
         include_retracted: request.include_retracted,
         before_id: parse_page_token(&request.page_token)?,
-        after_change_seq: None,
-        limit: page_size,
+        limit,
+        ..narrowed(scope, &request.rule, &request.clinic_id, &request.chain_id, &request.pen_serial)?
     })
 }
 
@@ -128,20 +141,12 @@ fn parse_cursor(cursor: &str) -> Result<Option<i64>, Status> {
 }
 
 fn watch_filter(request: &pb::WatchViolationsRequest, scope: Scope) -> Result<ViolationFilter, Status> {
-    if !request.rule.is_empty() && Rule::from_id(&request.rule).is_none() {
-        return Err(Status::invalid_argument(format!("unknown rule {:?}", request.rule)));
-    }
     Ok(ViolationFilter {
-        scope,
-        clinic_id: optional("clinic_id", &request.clinic_id, ClinicId::parse)?.map(|c| c.to_string()),
-        chain_id: optional("chain_id", &request.chain_id, ChainId::parse)?.map(|c| c.to_string()),
-        pen_serial: optional("pen_serial", &request.pen_serial, PenSerial::parse)?.map(|p| p.to_string()),
-        rule: (!request.rule.is_empty()).then(|| request.rule.clone()),
         // A watcher must hear of retractions too.
         include_retracted: true,
         after_change_seq: parse_cursor(&request.cursor)?,
         limit: WATCH_BATCH,
-        ..ViolationFilter::default()
+        ..narrowed(scope, &request.rule, &request.clinic_id, &request.chain_id, &request.pen_serial)?
     })
 }
 

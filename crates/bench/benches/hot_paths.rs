@@ -103,8 +103,9 @@ fn store_batch(c: &mut Criterion) {
                 let seq = next_seq;
                 next_seq += 10;
                 let mut batch = IngestBatch { received_ms: NOW_MS, ..IngestBatch::default() };
-                batch.telemetry_seqs = pens.iter().map(|pen| (pen.clone(), seq)).collect();
-                batch.telemetry_seen = pens.iter().map(|pen| (pen.clone(), NOW_MS)).collect();
+                for pen in &pens {
+                    batch.add_telemetry(pen, seq, Some(NOW_MS));
+                }
                 for pen in pens.iter().take(2) {
                     let session_id = SessionId::parse(&format!("s{seq}")).expect("session");
                     batch.events.push(EventRecord {

@@ -196,11 +196,8 @@ impl Pipeline {
                     let placement = directory.get(&telemetry.pen).unwrap_or_default();
                     points::telemetry(&mut self.lines, &telemetry, &placement);
                     self.stats.samples.fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
-                    batch.telemetry_seqs.push((telemetry.pen.clone(), telemetry.seq));
-                    if let Some(latest) = telemetry.samples.iter().map(|s| s.time_unix_ms).max() {
-                        let seen = batch.telemetry_seen.entry(telemetry.pen).or_insert(latest);
-                        *seen = (*seen).max(latest);
-                    }
+                    let newest = telemetry.samples.iter().map(|s| s.time_unix_ms).max();
+                    batch.add_telemetry(&telemetry.pen, telemetry.seq, newest);
                 }
                 Decoded::Event(event) => batch.events.push(event),
                 Decoded::State(state) => batch.states.push(state),

@@ -43,10 +43,9 @@ pub struct IngestBatch {
     pub auto_register: BTreeSet<PenSerial>,
     pub events: Vec<EventRecord>,
     pub states: Vec<PenStateUpdate>,
-    /// Latest telemetry sample time per pen, for last-seen.
-    pub telemetry_seen: BTreeMap<PenSerial, i64>,
-    /// The sequence number of every telemetry message, for TELEMETRY_GAP.
-    pub telemetry_seqs: Vec<(PenSerial, u64)>,
+    /// Per pen: its telemetry messages' sequence numbers (for TELEMETRY_GAP) and newest sample
+    /// time (for last-seen). Fill it with [`IngestBatch::add_telemetry`].
+    pub telemetry: BTreeMap<PenSerial, PenTelemetry>,
     pub quarantine: Vec<QuarantineEntry>,
 }
 
@@ -55,10 +54,27 @@ impl IngestBatch {
         self.auto_register.is_empty()
             && self.events.is_empty()
             && self.states.is_empty()
-            && self.telemetry_seen.is_empty()
-            && self.telemetry_seqs.is_empty()
+            && self.telemetry.is_empty()
             && self.quarantine.is_empty()
     }
+
+    /// Records one telemetry message. The serial is cloned only for a pen's first message in
+    /// the batch, not for every message.
+    pub fn add_telemetry(&mut self, pen: &PenSerial, seq: u64, newest_sample_ms: Option<i64>) {
+        let entry = match self.telemetry.get_mut(pen) {
+            Some(entry) => entry,
+            None => self.telemetry.entry(pen.clone()).or_default(),
+        };
+        entry.seqs.push(seq);
+        entry.newest_sample_ms = entry.newest_sample_ms.max(newest_sample_ms);
+    }
+}
+
+/// One pen's telemetry messages in a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PenTelemetry {
+    pub seqs: Vec<u64>,
+    pub newest_sample_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +221,7 @@ impl Store {
             .await?;
         }
 
-        touch_last_seen_many(&mut tx, &batch.telemetry_seen).await?;
+        touch_last_seen_many(&mut tx, &batch.telemetry).await?;
 
         // The range of sequence numbers each pen newly filled in: a late message can close a
         // session's telemetry gap.
@@ -216,7 +232,7 @@ impl Store {
                 new_seqs.insert(pen.to_owned(), (seq, seq));
             }
         };
-        for (pen, seq) in insert_telemetry_seqs(&mut tx, &batch.telemetry_seqs).await? {
+        for (pen, seq) in insert_telemetry_seqs(&mut tx, &batch.telemetry).await? {
             note_new_seq(&pen, seq);
         }
 
@@ -608,8 +624,10 @@ const ROWS_PER_STATEMENT: usize = 4000;
 /// Records telemetry sequence numbers; returns the ones not seen before.
 async fn insert_telemetry_seqs(
     tx: &mut Transaction<'_, Sqlite>,
-    seqs: &[(PenSerial, u64)],
+    telemetry: &BTreeMap<PenSerial, PenTelemetry>,
 ) -> Result<Vec<(String, u64)>> {
+    let seqs: Vec<(&PenSerial, u64)> =
+        telemetry.iter().flat_map(|(pen, messages)| messages.seqs.iter().map(move |seq| (pen, *seq))).collect();
     let mut inserted = Vec::new();
     for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
         let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("INSERT INTO telemetry_seqs (pen_serial, seq) ");
@@ -624,12 +642,16 @@ async fn insert_telemetry_seqs(
 }
 
 /// Moves each pen's last-seen time forward (never back), in a few statements.
-async fn touch_last_seen_many(tx: &mut Transaction<'_, Sqlite>, seen: &BTreeMap<PenSerial, i64>) -> Result<()> {
-    let seen: Vec<(&PenSerial, &i64)> = seen.iter().collect();
+async fn touch_last_seen_many(
+    tx: &mut Transaction<'_, Sqlite>,
+    telemetry: &BTreeMap<PenSerial, PenTelemetry>,
+) -> Result<()> {
+    let seen: Vec<(&PenSerial, i64)> =
+        telemetry.iter().filter_map(|(pen, messages)| Some((pen, messages.newest_sample_ms?))).collect();
     for chunk in seen.chunks(ROWS_PER_STATEMENT) {
         let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("WITH seen (pen_serial, seen_ms) AS (");
         query.push_values(chunk, |mut row, (pen, seen_ms)| {
-            row.push_bind(pen.as_str()).push_bind(**seen_ms);
+            row.push_bind(pen.as_str()).push_bind(*seen_ms);
         });
         query.push(
             ") UPDATE pens SET last_seen_ms = seen.seen_ms FROM seen

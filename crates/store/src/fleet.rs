@@ -316,20 +316,33 @@ impl Store {
 
     /// A registered lot, if any.
     pub async fn lot(&self, gtin: &str, lot: &str) -> Result<Option<LotRow>> {
+        Ok(self.lot_and_recall_reason(gtin, lot).await?.map(|(row, _)| row))
+    }
+
+    /// A registered lot and, if recalled, the reason given.
+    pub(crate) async fn lot_and_recall_reason(
+        &self,
+        gtin: &str,
+        lot: &str,
+    ) -> Result<Option<(LotRow, Option<String>)>> {
         let row = sqlx::query(
-            "SELECT gtin, lot, expiry, manufacturer_id, public_key, recalled_ms FROM lots WHERE gtin = ? AND lot = ?",
+            "SELECT gtin, lot, expiry, manufacturer_id, public_key, recalled_ms, recall_reason FROM lots
+             WHERE gtin = ? AND lot = ?",
         )
         .bind(gtin)
         .bind(lot)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|row| LotRow {
-            gtin: row.get(0),
-            lot: row.get(1),
-            expiry: row.get(2),
-            manufacturer_id: row.get(3),
-            public_key: row.get(4),
-            recalled_ms: row.get(5),
+        Ok(row.map(|row| {
+            let lot = LotRow {
+                gtin: row.get(0),
+                lot: row.get(1),
+                expiry: row.get(2),
+                manufacturer_id: row.get(3),
+                public_key: row.get(4),
+                recalled_ms: row.get(5),
+            };
+            (lot, row.get(6))
         }))
     }
 

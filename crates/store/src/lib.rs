@@ -15,7 +15,8 @@ mod session_rules;
 
 pub use apikeys::ApiKeyRow;
 pub use batch::{
-    Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, QuarantineEntry, RaisedViolation, StatusReport,
+    Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, PenTelemetry, QuarantineEntry, RaisedViolation,
+    StatusReport,
 };
 pub use directory::{PenDirectory, PenPlacement};
 pub use fleet::{ChainRow, ClinicRow, LotRow, PenRow};

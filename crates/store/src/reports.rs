@@ -4,7 +4,6 @@ use penwarden_domain::access::Scope;
 use penwarden_domain::compliance::Rule;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::fleet::LotRow;
 use crate::queries::{session_view, SESSION_VIEW_SELECT};
 use crate::scope::push_record_scope;
 use crate::{Error, Result, SessionView, Store};
@@ -24,7 +23,7 @@ pub struct LotClinicUse {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LotTrace {
     /// `None` when no manufacturer registered the lot (its cartridges are then unverified).
-    pub lot: Option<LotRow>,
+    pub lot: Option<crate::LotRow>,
     pub recall_reason: Option<String>,
     /// Every clinic that used the lot, within scope.
     pub clinics: Vec<LotClinicUse>,
@@ -77,23 +76,10 @@ impl ReportFilter {
 impl Store {
     /// Every session (a page of them) and every clinic that used a lot, within `scope`.
     pub async fn trace_lot(&self, gtin: &str, lot: &str, scope: &Scope, offset: i64, limit: u32) -> Result<LotTrace> {
-        let registered = sqlx::query(
-            "SELECT gtin, lot, expiry, manufacturer_id, public_key, recalled_ms, recall_reason FROM lots
-             WHERE gtin = ? AND lot = ?",
-        )
-        .bind(gtin)
-        .bind(lot)
-        .fetch_optional(&self.pool)
-        .await?;
-        let lot_row = registered.as_ref().map(|row| LotRow {
-            gtin: row.get(0),
-            lot: row.get(1),
-            expiry: row.get(2),
-            manufacturer_id: row.get(3),
-            public_key: row.get(4),
-            recalled_ms: row.get(5),
-        });
-        let recall_reason = registered.as_ref().and_then(|row| row.get::<Option<String>, _>(6));
+        let (lot_row, recall_reason) = match self.lot_and_recall_reason(gtin, lot).await? {
+            Some((row, reason)) => (Some(row), reason),
+            None => (None, None),
+        };
 
         let mut query = QueryBuilder::new(
             "SELECT s.clinic_id, s.chain_id, COUNT(*), COUNT(DISTINCT s.cartridge_serial), COUNT(DISTINCT s.pen_serial),

@@ -218,11 +218,10 @@ async fn authenticity_expiry_and_retroactive_recall() {
 }
 
 async fn apply_telemetry(store: &Store, pen_serial: &str, seqs: &[u64]) -> penwarden_store::Effects {
-    let batch = IngestBatch {
-        received_ms: 1,
-        telemetry_seqs: seqs.iter().map(|seq| (pen(pen_serial), *seq)).collect(),
-        ..Default::default()
-    };
+    let mut batch = IngestBatch { received_ms: 1, ..Default::default() };
+    for seq in seqs {
+        batch.add_telemetry(&pen(pen_serial), *seq, None);
+    }
     store.apply_batch(&batch, |_| Vec::new()).await.unwrap()
 }
 

@@ -150,7 +150,7 @@ async fn apply(store: &Store, messages: &[&Message]) {
             }
             Message::Telemetry(pen, seq) => {
                 batch.auto_register.insert(pen.clone());
-                batch.telemetry_seqs.push((pen.clone(), *seq));
+                batch.add_telemetry(pen, *seq, None);
             }
         }
     }

@@ -16,38 +16,66 @@ use penwarden_tests::{binary, free_port, Influxd, Mosquitto, Penwarden, Publishe
 use prost::Message;
 use tokio_stream::StreamExt;
 
-struct Options {
-    duration_s: u64,
-    rates: Vec<u64>,
-    fleets: Vec<usize>,
-    out: std::path::PathBuf,
-    runs: usize,
+/// The load benchmark (targets 1–3 of docs/performance.md), or one of its helpers.
+#[derive(Debug, clap::Parser)]
+#[command(name = "penwarden-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    load: LoadOptions,
 }
 
-fn options() -> Options {
-    let mut options = Options {
-        duration_s: 60,
-        rates: vec![100_000, 200_000, 300_000, 400_000, 500_000],
-        fleets: vec![1000, 10_000],
-        out: "bench-results".into(),
-        runs: 3,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        let list = |v: &str| v.split(',').filter_map(|x| x.trim().parse().ok()).collect::<Vec<u64>>();
-        match args[i].as_str() {
-            "--duration" => options.duration_s = value.parse().expect("--duration SECONDS"),
-            "--rates" => options.rates = list(&value),
-            "--fleets" => options.fleets = list(&value).into_iter().map(|n| n as usize).collect(),
-            "--out" => options.out = value.into(),
-            "--runs" => options.runs = value.parse().expect("--runs N"),
-            other => panic!("unknown argument {other}; see docs/performance.md"),
-        }
-        i += 2;
-    }
-    options
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Writes a store with target 4's volumes (1M cartridges, 200k sessions, 100k violations).
+    Seed { path: std::path::PathBuf },
+    /// Target 4: seeds a store, starts `penwarden serve` on it and drives its API.
+    Api {
+        /// Requests per second offered.
+        #[arg(default_value_t = 10_000)]
+        rate: u64,
+        #[arg(default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Targets 1 and 2: every fleet size at every offered rate, gzip off.
+    Throughput,
+    /// Target 2 with gzip on: 1000 pens at 100k samples/s.
+    Gzip,
+    /// Target 3: publish of an offending session start to WatchViolations.
+    Latency,
+    /// What binds: InfluxDB alone and Mosquitto alone, without penwarden.
+    Ceilings,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadOptions {
+    /// Seconds of load per run.
+    #[arg(long = "duration", default_value_t = 60)]
+    duration_s: u64,
+    /// Offered samples per second, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 200_000, 300_000, 400_000, 500_000])]
+    rates: Vec<u64>,
+    /// Fleet sizes (pens), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10_000])]
+    fleets: Vec<usize>,
+    /// Where results.json and results.md go.
+    #[arg(long, default_value = "bench-results")]
+    out: std::path::PathBuf,
+    /// Runs per scenario; the tables show medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Background telemetry (samples/s) while the latency scenario probes.
+    #[arg(long, default_value_t = 100_000)]
+    background_rate: u64,
+    /// Scenarios to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', value_enum,
+          default_values_t = [Scenario::Throughput, Scenario::Gzip, Scenario::Latency, Scenario::Ceilings])]
+    scenarios: Vec<Scenario>,
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
@@ -198,6 +226,117 @@ async fn alert_latency(stack: &Stack, background_rate: u64, probes: usize) -> se
     result
 }
 
+/// What the machine allows without penwarden, measured with the same servers and load shape:
+/// InfluxDB taking pen telemetry line protocol as fast as one writer (4 requests of 5000 lines
+/// in flight) sends it, and Mosquitto delivering pensim's fastest load to a bare rumqttc
+/// subscriber at QoS 1.
+async fn ceilings(duration_s: u64) -> serde_json::Value {
+    let influxdb_points_per_s = influxdb_ceiling(duration_s).await;
+    let mosquitto_samples_per_s = mosquitto_ceiling(duration_s).await;
+    let result = serde_json::json!({
+        "influxdb_points_per_s": round3(influxdb_points_per_s),
+        "mosquitto_samples_per_s": round3(mosquitto_samples_per_s),
+    });
+    eprintln!("  ceilings: {result}");
+    result
+}
+
+async fn influxdb_ceiling(duration_s: u64) -> f64 {
+    use penwarden_domain::{PenSerial, Sample};
+    use penwarden_ingest::decode::Telemetry;
+    let influxd = Influxd::start().await;
+    let writer = penwarden_influx::Writer::new(penwarden_influx::Options {
+        url: influxd.url(),
+        api: penwarden_influx::Api::V1,
+        gzip: false,
+        ..Default::default()
+    })
+    .expect("writer");
+    writer.ensure_database().await.expect("create database");
+    let pens: Vec<PenSerial> =
+        (0..1000).map(|i| PenSerial::parse(&format!("PW-LOAD-{i:06}")).expect("serial")).collect();
+    let placement = penwarden_store::PenPlacement::default();
+    let mut lines = penwarden_influx::LineBuilder::with_capacity(1 << 22);
+    let mut shutdown = tokio::sync::watch::channel(false).1;
+    let started = Instant::now();
+    let mut points = 0u64;
+    let mut time_ms = 1_700_000_000_000i64;
+    // Batches of 20,000 points (1000 pens × one 20-sample message), one write each.
+    while started.elapsed() < Duration::from_secs(duration_s) {
+        lines.clear();
+        for pen in &pens {
+            let samples = (0..20)
+                .map(|i| Sample {
+                    time_unix_ms: time_ms + i,
+                    depth_mm: 0.5,
+                    speed_rpm: 9000.0 + i as f64,
+                    motor_current_ma: 210.5,
+                    temperature_c: 31.2,
+                    battery_pct: 88.0,
+                })
+                .collect();
+            let telemetry = Telemetry { pen: pen.clone(), seq: 0, session_id: None, samples };
+            penwarden_ingest::points::telemetry(&mut lines, &telemetry, &placement);
+        }
+        time_ms += 20;
+        let report = writer.write(lines.as_str(), None, &mut shutdown).await.expect("write");
+        points += report.lines as u64;
+    }
+    points as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn mosquitto_ceiling(duration_s: u64) -> f64 {
+    use rumqttc::{Event, Packet};
+    let mosquitto = Mosquitto::start().await;
+    let mut options =
+        rumqttc::MqttOptions::new(format!("bare-subscriber-{}", free_port()), "127.0.0.1", mosquitto.port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);
+    client.subscribe("pw/v1/pens/+/telemetry", rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+    let (counts, counted) = tokio::sync::watch::channel((0u64, None::<Instant>, None::<Instant>));
+    tokio::spawn(async move {
+        let (mut received, mut first) = (0u64, None);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    let now = Instant::now();
+                    received += 1;
+                    first.get_or_insert(now);
+                    counts.send_replace((received, first, Some(now)));
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let output = tokio::process::Command::new(binary("pensim"))
+        .args(["--mqtt-url", &mosquitto.url(), "--pens", "1000", "--connections", "4", "--qos", "1"])
+        .args(["--load-rate", "0", "--duration", &duration_s.to_string(), "--seed", &free_port().to_string()])
+        .output()
+        .await
+        .expect("run pensim");
+    assert!(output.status.success(), "pensim failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
+    let messages = summary["messages"].as_u64().unwrap_or(0);
+    let samples_per_message = summary["samples_per_message"].as_u64().unwrap_or(20);
+    // Wait for the subscriber to catch up with what the broker still holds.
+    let waited = Instant::now();
+    while counted.borrow().0 < messages && waited.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (received, first, last) = *counted.borrow();
+    let span = match (first, last) {
+        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+        _ => return 0.0,
+    };
+    if received < messages {
+        eprintln!("  the bare subscriber got {received} of {messages} messages");
+    }
+    (received * samples_per_message) as f64 / span.max(1e-3)
+}
+
 fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -212,74 +351,90 @@ fn machine() -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        // penwarden-bench seed PATH: a store with the volumes of target 4.
-        Some("seed") => {
-            let path = args.get(1).expect("penwarden-bench seed PATH");
-            return seed::seed(path, 1_000_000, 200_000, 100_000).await;
-        }
-        // penwarden-bench api [RATE [SECONDS]]: target 4 against a freshly seeded store.
-        Some("api") => {
-            let rate = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(10_000);
-            let seconds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let cli = <Cli as clap::Parser>::parse();
+    match cli.command {
+        Some(Command::Seed { path }) => return seed::seed(&path.to_string_lossy(), 1_000_000, 200_000, 100_000).await,
+        Some(Command::Api { rate, seconds }) => {
             let result = api_load::run(rate, seconds).await;
             println!("{}", serde_json::to_string_pretty(&result).expect("json"));
             return;
         }
-        _ => {}
+        None => {}
     }
-    let options = options();
+    let options = cli.load;
     std::fs::create_dir_all(&options.out).expect("create the results directory");
     let mut results =
         serde_json::json!({ "machine": machine(), "duration_s": options.duration_s, "runs": options.runs });
     let mut rows = Vec::new();
 
-    // Targets 1 and 2: throughput per fleet size and rate; CPU per million samples and memory.
-    let mut throughput = Vec::new();
-    for &pens in &options.fleets {
-        for &rate in &options.rates {
-            let mut runs = Vec::new();
-            for _ in 0..options.runs {
-                let stack = stack(false).await;
-                runs.push(load_run(&stack, pens, rate, options.duration_s).await);
+    if options.scenarios.contains(&Scenario::Throughput) {
+        // Targets 1 and 2: throughput per fleet size and rate; CPU per million samples and memory.
+        let mut throughput = Vec::new();
+        for &pens in &options.fleets {
+            for &rate in &options.rates {
+                let mut runs = Vec::new();
+                for _ in 0..options.runs {
+                    let stack = stack(false).await;
+                    runs.push(load_run(&stack, pens, rate, options.duration_s).await);
+                }
+                let sustained = runs.iter().all(|r| r["sustained"].as_bool() == Some(true));
+                let achieved =
+                    median(runs.iter().map(|r| r["achieved_samples_per_s"].as_f64().unwrap_or(0.0)).collect());
+                let cpu = median(
+                    runs.iter().map(|r| r["penwarden_cpu_s_per_million_samples"].as_f64().unwrap_or(0.0)).collect(),
+                );
+                let rss = median(runs.iter().map(|r| r["penwarden_peak_rss_mib"].as_f64().unwrap_or(0.0)).collect());
+                let drain = median(runs.iter().map(|r| r["verify_wait_s"].as_f64().unwrap_or(0.0)).collect());
+                rows.push(format!(
+                    "| throughput | {pens} pens, offered {rate}/s, gzip off | {achieved:.0} samples/s published, {} | CPU {cpu:.2} s per million samples, peak RSS {rss:.0} MiB, drained in {drain:.1} s |",
+                    if sustained { "all landed, sustained" } else { "NOT sustained" }
+                ));
+                throughput
+                    .push(serde_json::json!({ "pens": pens, "offered": rate, "sustained": sustained, "runs": runs }));
             }
-            let sustained = runs.iter().all(|r| r["sustained"].as_bool() == Some(true));
-            let achieved = median(runs.iter().map(|r| r["achieved_samples_per_s"].as_f64().unwrap_or(0.0)).collect());
-            let cpu =
-                median(runs.iter().map(|r| r["penwarden_cpu_s_per_million_samples"].as_f64().unwrap_or(0.0)).collect());
-            let rss = median(runs.iter().map(|r| r["penwarden_peak_rss_mib"].as_f64().unwrap_or(0.0)).collect());
-            let drain = median(runs.iter().map(|r| r["verify_wait_s"].as_f64().unwrap_or(0.0)).collect());
-            rows.push(format!(
-                "| throughput | {pens} pens, offered {rate}/s, gzip off | {achieved:.0} samples/s published, {} | CPU {cpu:.2} s per million samples, peak RSS {rss:.0} MiB, drained in {drain:.1} s |",
-                if sustained { "all landed, sustained" } else { "NOT sustained" }
-            ));
-            throughput.push(serde_json::json!({ "pens": pens, "offered": rate, "sustained": sustained, "runs": runs }));
         }
+        results["throughput"] = throughput.into();
     }
-    results["throughput"] = throughput.into();
 
-    // Target 2 with gzip on, at 100k samples/s.
-    let mut gzip_runs = Vec::new();
-    for _ in 0..options.runs {
-        let stack = stack(true).await;
-        gzip_runs.push(load_run(&stack, 1000, 100_000, options.duration_s).await);
+    if options.scenarios.contains(&Scenario::Gzip) {
+        // Target 2 with gzip on, at 100k samples/s.
+        let mut gzip_runs = Vec::new();
+        for _ in 0..options.runs {
+            let stack = stack(true).await;
+            gzip_runs.push(load_run(&stack, 1000, 100_000, options.duration_s).await);
+        }
+        let cpu = median(
+            gzip_runs.iter().map(|r| r["penwarden_cpu_s_per_million_samples"].as_f64().unwrap_or(0.0)).collect(),
+        );
+        rows.push(format!("| efficiency | 1000 pens, 100000/s, gzip on | | CPU {cpu:.2} s per million samples |"));
+        results["gzip_on"] = gzip_runs.into();
     }
-    let cpu =
-        median(gzip_runs.iter().map(|r| r["penwarden_cpu_s_per_million_samples"].as_f64().unwrap_or(0.0)).collect());
-    rows.push(format!("| efficiency | 1000 pens, 100000/s, gzip on | | CPU {cpu:.2} s per million samples |"));
-    results["gzip_on"] = gzip_runs.into();
 
-    // Target 3.
-    let mut latency_runs = Vec::new();
-    for _ in 0..options.runs {
-        let stack = stack(false).await;
-        latency_runs.push(alert_latency(&stack, 100_000, 200).await);
+    if options.scenarios.contains(&Scenario::Ceilings) {
+        let ceilings = ceilings(options.duration_s).await;
+        rows.push(format!(
+            "| ceilings | without penwarden: InfluxDB alone, Mosquitto alone (QoS 1, bare subscriber) | InfluxDB {:.0} points/s | Mosquitto {:.0} samples/s |",
+            ceilings["influxdb_points_per_s"].as_f64().unwrap_or(0.0),
+            ceilings["mosquitto_samples_per_s"].as_f64().unwrap_or(0.0),
+        ));
+        results["ceilings"] = ceilings;
     }
-    let p50 = median(latency_runs.iter().map(|r| r["p50_ms"].as_f64().unwrap_or(0.0)).collect());
-    let p99 = median(latency_runs.iter().map(|r| r["p99_ms"].as_f64().unwrap_or(0.0)).collect());
-    rows.push(format!("| alert latency | publish to WatchViolations, 100000 samples/s background | p50 {p50:.1} ms | p99 {p99:.1} ms |"));
-    results["alert_latency"] = latency_runs.into();
+
+    if options.scenarios.contains(&Scenario::Latency) {
+        // Target 3.
+        let mut latency_runs = Vec::new();
+        for _ in 0..options.runs {
+            let stack = stack(false).await;
+            latency_runs.push(alert_latency(&stack, options.background_rate, 200).await);
+        }
+        let p50 = median(latency_runs.iter().map(|r| r["p50_ms"].as_f64().unwrap_or(0.0)).collect());
+        let p99 = median(latency_runs.iter().map(|r| r["p99_ms"].as_f64().unwrap_or(0.0)).collect());
+        rows.push(format!(
+            "| alert latency | publish to WatchViolations, {} samples/s background | p50 {p50:.1} ms | p99 {p99:.1} ms |",
+            options.background_rate
+        ));
+        results["alert_latency"] = latency_runs.into();
+    }
 
     let json = serde_json::to_string_pretty(&results).expect("json");
     std::fs::write(options.out.join("results.json"), json).expect("write results.json");

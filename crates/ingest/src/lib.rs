@@ -1,9 +1,11 @@
 //! MQTT ingest: the path from a pen's message to a durable record and an MQTT ack.
 //!
-//! One task polls the MQTT connection and forwards publishes; one task batches them, applies
-//! each batch to the store in one transaction, writes its points to InfluxDB, and only then
-//! acknowledges the batch's messages. A message whose effects are not durable is never acked,
-//! so the broker (persistent session, QoS 1) delivers it again.
+//! One task polls the MQTT connection and forwards publishes; one task batches them and applies
+//! each batch to the store in one transaction; a third writes each committed batch's points to
+//! InfluxDB, in commit order, and only then acknowledges the batch's messages. The two stages
+//! overlap, so a batch's violations are recorded while the previous batch is still being
+//! written. A message whose effects are not durable is never acked, so the broker (persistent
+//! session, QoS 1) delivers it again.
 
 pub mod decode;
 mod flood;

@@ -82,78 +82,98 @@ impl Service {
     /// holds, and returns.
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<Result<(), Error>> {
         let (forward, receive) = mpsc::channel(self.options.batch_max_messages * 2);
+        // One committed batch may wait while the previous one is being written: the commit of
+        // batch N+1 (and so its violations) does not wait for the InfluxDB write of batch N.
+        let (deliver, committed) = mpsc::channel(1);
+        let (recycle, recycled) = mpsc::unbounded_channel();
         let (drained_tx, drained_rx) = watch::channel(false);
         let acker = self.connection.acker();
-        let spool_bytes = self.spool_bytes;
         let flood = crate::flood::FloodGuard::new(self.options.flood_burst, self.options.flood_rate_per_s);
         let mqtt = tokio::spawn(self.connection.run(forward, shutdown.clone(), drained_rx));
-        let pipeline = Pipeline {
-            options: self.options,
-            store: self.store,
+        let delivery = Delivery {
+            spool_after: self.options.spool_after(),
+            spool_max_bytes: self.options.spool_max_bytes,
+            store: self.store.clone(),
             writer: self.writer,
-            stats: self.stats,
+            stats: self.stats.clone(),
             acker,
-            lines: LineBuilder::with_capacity(1 << 20),
-            spool_bytes,
-            flood,
+            spool_bytes: self.spool_bytes,
             influx_down_since: None,
             last_influx_attempt: None,
+            recycle,
         };
+        let delivery = tokio::spawn(delivery.run(committed, shutdown.clone()));
+        let committer = Committer { options: self.options, store: self.store, stats: self.stats, flood, recycled };
         tokio::spawn(async move {
-            let result = pipeline.run(receive, shutdown).await;
+            let committed = committer.run(receive, shutdown, deliver).await;
+            let delivered = delivery.await.unwrap_or_else(|e| Err(Error::Unreachable(format!("delivery task: {e}"))));
             let _ = drained_tx.send(true);
             let _ = mqtt.await;
-            result
+            committed.and(delivered)
         })
     }
 }
 
-struct Pipeline {
-    options: Options,
-    store: Store,
-    writer: Arc<Writer>,
-    stats: Arc<Stats>,
-    acker: Acker,
+/// A batch whose facts are committed to the store; its telemetry still has to reach InfluxDB
+/// (or the spool) before its messages are acked.
+struct CommittedBatch {
+    messages: Vec<Incoming>,
+    /// The batch's telemetry as line protocol.
     lines: LineBuilder,
-    /// Bytes waiting in the outbox (spooled telemetry and derived points).
-    spool_bytes: u64,
-    flood: crate::flood::FloodGuard,
-    influx_down_since: Option<i64>,
-    last_influx_attempt: Option<std::time::Instant>,
+    received_ms: i64,
+    /// Bytes of derived points the commit added to the outbox.
+    derived_bytes: u64,
+    /// Committed after shutdown began: its write is not interrupted, so what arrived is acked.
+    after_shutdown: bool,
 }
 
-impl Pipeline {
+/// First stage: batches messages, decodes them and commits each batch to the store.
+struct Committer {
+    options: Options,
+    store: Store,
+    stats: Arc<Stats>,
+    flood: crate::flood::FloodGuard,
+    /// Line buffers the delivery stage is done with, to be filled again.
+    recycled: mpsc::UnboundedReceiver<LineBuilder>,
+}
+
+const LINE_BUFFER_BYTES: usize = 1 << 20;
+
+impl Committer {
     async fn run(
         mut self,
         mut receive: mpsc::Receiver<Incoming>,
         mut shutdown: watch::Receiver<bool>,
+        deliver: mpsc::Sender<CommittedBatch>,
     ) -> Result<(), Error> {
-        // Points of batches committed before a crash are still in the outbox.
-        self.process(Vec::new(), &mut shutdown).await?;
         let mut messages = Vec::with_capacity(self.options.batch_max_messages);
         loop {
             let first = tokio::select! {
                 message = receive.recv() => message,
                 _ = shutdown.changed() => None,
-                _ = tokio::time::sleep(ACK_RETRY_INTERVAL), if self.acker.has_waiting() => {
-                    self.acker.flush();
-                    continue;
-                }
-                _ = tokio::time::sleep(IDLE_DRAIN_INTERVAL), if self.spool_bytes > 0 => {
-                    self.process(Vec::new(), &mut shutdown).await?;
-                    continue;
-                }
             };
             let Some(first) = first else { break };
+            let mut urgent = is_device_event(&first);
             messages.push(first);
+            // Telemetry waits up to the batch delay for company (bigger batches cost less per
+            // message); a device event may raise a violation, so once one is in the batch it
+            // takes only what has already arrived and goes.
             let deadline = tokio::time::Instant::now() + self.options.batch_max_delay();
             while messages.len() < self.options.batch_max_messages {
-                match tokio::time::timeout_at(deadline, receive.recv()).await {
-                    Ok(Some(message)) => messages.push(message),
-                    _ => break,
-                }
+                let next = if urgent {
+                    receive.try_recv().ok()
+                } else {
+                    tokio::time::timeout_at(deadline, receive.recv()).await.ok().flatten()
+                };
+                let Some(message) = next else { break };
+                urgent |= is_device_event(&message);
+                messages.push(message);
             }
-            self.process(std::mem::take(&mut messages), &mut shutdown).await?;
+            let batch = self.commit_batch(std::mem::take(&mut messages), false, &mut shutdown).await?;
+            if deliver.send(batch).await.is_err() {
+                // The delivery stage stopped on an error; it reports it.
+                return Ok(());
+            }
         }
         // Stop: what has already arrived is finished and acked; the rest stays with the broker.
         receive.close();
@@ -162,19 +182,27 @@ impl Pipeline {
         }
         if !messages.is_empty() {
             let mut no_interrupt = watch::channel(false).1;
-            self.process(messages, &mut no_interrupt).await?;
+            let batch = self.commit_batch(messages, true, &mut no_interrupt).await?;
+            let _ = deliver.send(batch).await;
         }
-        self.acker.flush_all().await;
-        tracing::info!("ingest drained");
         Ok(())
     }
 
-    async fn process(&mut self, messages: Vec<Incoming>, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
+    /// Decodes the messages, commits what they say in one transaction (retrying a transient
+    /// store failure; nothing is acked meanwhile, so nothing is lost) and encodes their
+    /// telemetry.
+    async fn commit_batch(
+        &mut self,
+        messages: Vec<Incoming>,
+        after_shutdown: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<CommittedBatch, Error> {
         let received_ms = now_ms();
         let limits = self.options.limits();
         let directory = self.store.directory().clone();
         let mut batch = IngestBatch { received_ms, ..IngestBatch::default() };
-        self.lines.clear();
+        let mut lines = self.recycled.try_recv().unwrap_or_else(|_| LineBuilder::with_capacity(LINE_BUFFER_BYTES));
+        lines.clear();
         for message in &messages {
             let publish = &message.publish;
             let decoded =
@@ -194,7 +222,7 @@ impl Pipeline {
             match decoded {
                 Decoded::Telemetry(telemetry) => {
                     let placement = directory.get(&telemetry.pen).unwrap_or_default();
-                    points::telemetry(&mut self.lines, &telemetry, &placement);
+                    points::telemetry(&mut lines, &telemetry, &placement);
                     self.stats.samples.fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
                     let newest = telemetry.samples.iter().map(|s| s.time_unix_ms).max();
                     batch.add_telemetry(&telemetry.pen, telemetry.seq, newest);
@@ -209,26 +237,164 @@ impl Pipeline {
             tracing::warn!(reason = entry.reason, topic = %entry.topic, detail = %entry.detail, "message quarantined");
         }
 
-        // Make the batch durable: commit it once, then get its points into InfluxDB or the
-        // spool. A transient store failure (full disk, I/O) is retried from where it stopped;
-        // nothing is acked meanwhile, so nothing is lost.
-        let telemetry_mark = self.lines.mark();
-        let mut effects = None;
-        let mut committed = batch.is_empty();
+        let mut derived_bytes = 0;
+        if !batch.is_empty() {
+            let mut backoff = Duration::from_millis(100);
+            let effects = loop {
+                match self.commit(&batch, &directory).await {
+                    Ok(applied) => break applied,
+                    Err(Error::Store(e)) if e.is_transient() => {
+                        metrics::counter!("penwarden_store_commit_failures_total").increment(1);
+                        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store write failed; not acking");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return Err(e.into()),
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            derived_bytes = effects.1;
+            self.record_effects(&effects.0);
+        }
+        self.stats.quarantined.fetch_add(batch.quarantine.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(CommittedBatch { messages, lines, received_ms, derived_bytes, after_shutdown })
+    }
+
+    fn record_effects(&self, effects: &penwarden_store::Effects) {
+        metrics::counter!("penwarden_duplicate_events_total").increment(effects.duplicate_events as u64);
+        for violation in &effects.raised {
+            metrics::counter!("penwarden_violations_raised_total", "rule" => violation.rule.id()).increment(1);
+        }
+        self.stats.duplicate_events.fetch_add(effects.duplicate_events as u64, Ordering::Relaxed);
+        self.stats.violations_raised.fetch_add(effects.raised.len() as u64, Ordering::Relaxed);
+        for violation in &effects.raised {
+            tracing::info!(rule = violation.rule.id(), pen = %violation.pen, session = %violation.session_id, "violation raised");
+        }
+    }
+
+    /// Applies the batch to the store in one transaction; derived points join the outbox.
+    /// Returns the effects and the bytes of derived points added to the outbox.
+    async fn commit(
+        &mut self,
+        batch: &IngestBatch,
+        directory: &penwarden_store::PenDirectory,
+    ) -> Result<(penwarden_store::Effects, u64), Error> {
+        let started = std::time::Instant::now();
+        let mut derived_bytes = 0;
+        let derive = |effects: &penwarden_store::Effects| {
+            let lines = points::derived(effects, directory);
+            derived_bytes = lines.iter().map(|l| l.len() as u64).sum();
+            lines
+        };
+        let applied = self.store.apply_batch(batch, derive).await?;
+        metrics::histogram!("penwarden_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+        Ok((applied, derived_bytes))
+    }
+
+    /// Floods and unknown pens are quarantined (unknown pens are registered on the fly when
+    /// auto-registration is on).
+    fn admit(&mut self, decoded: Decoded, batch: &mut IngestBatch) -> Result<Decoded, Rejection> {
+        let pen = decoded.pen();
+        if !self.flood.allow(pen, batch.received_ms) {
+            return Err(Rejection {
+                reason: "rate_limited",
+                detail: format!(
+                    "pen {pen} exceeds {} messages/s after a burst of {}",
+                    self.options.flood_rate_per_s, self.options.flood_burst
+                ),
+                pen: Some(pen.to_string()),
+            });
+        }
+        if self.store.directory().get(pen).is_none() {
+            if !self.options.auto_register_pens {
+                return Err(Rejection {
+                    reason: "unregistered_pen",
+                    detail: format!("pen {pen} is not registered (auto-registration is off)"),
+                    pen: Some(pen.to_string()),
+                });
+            }
+            batch.auto_register.insert(pen.clone());
+        }
+        Ok(decoded)
+    }
+}
+
+/// Second stage: gets each committed batch's points into InfluxDB (or the spool), in commit
+/// order, and only then acks its messages.
+struct Delivery {
+    spool_after: Duration,
+    spool_max_bytes: u64,
+    store: Store,
+    writer: Arc<Writer>,
+    stats: Arc<Stats>,
+    acker: Acker,
+    /// Bytes waiting in the outbox (spooled telemetry and derived points).
+    spool_bytes: u64,
+    influx_down_since: Option<i64>,
+    last_influx_attempt: Option<std::time::Instant>,
+    recycle: mpsc::UnboundedSender<LineBuilder>,
+}
+
+impl Delivery {
+    /// Runs until the committer stops (its sender drops), then sends the last acks.
+    async fn run(
+        mut self,
+        mut committed: mpsc::Receiver<CommittedBatch>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let mut lines = LineBuilder::with_capacity(LINE_BUFFER_BYTES);
+        // Points of batches committed before a crash are still in the outbox.
+        self.deliver(&mut lines, now_ms(), &mut shutdown).await?;
+        loop {
+            let batch = tokio::select! {
+                batch = committed.recv() => batch,
+                _ = tokio::time::sleep(ACK_RETRY_INTERVAL), if self.acker.has_waiting() => {
+                    self.acker.flush();
+                    continue;
+                }
+                _ = tokio::time::sleep(IDLE_DRAIN_INTERVAL), if self.spool_bytes > 0 => {
+                    lines.clear();
+                    self.deliver(&mut lines, now_ms(), &mut shutdown).await?;
+                    continue;
+                }
+            };
+            let Some(mut batch) = batch else { break };
+            self.spool_bytes += batch.derived_bytes;
+            let mut no_interrupt = watch::channel(false).1;
+            let interrupt = if batch.after_shutdown { &mut no_interrupt } else { &mut shutdown };
+            self.deliver(&mut batch.lines, batch.received_ms, interrupt).await?;
+            for message in &batch.messages {
+                self.acker.ack(message);
+            }
+            let count = batch.messages.len() as u64;
+            metrics::counter!("penwarden_mqtt_messages_acked_total").increment(count);
+            self.stats.messages.fetch_add(count, Ordering::Relaxed);
+            self.stats.acked.fetch_add(count, Ordering::Relaxed);
+            let _ = self.recycle.send(batch.lines);
+        }
+        self.acker.flush_all().await;
+        tracing::info!("ingest drained");
+        Ok(())
+    }
+
+    /// [`Delivery::deliver_points`], retrying transient store failures (reading or trimming
+    /// the outbox, spooling) from where they stopped.
+    async fn deliver(
+        &mut self,
+        lines: &mut LineBuilder,
+        now_ms: i64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let telemetry_mark = lines.mark();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let result = async {
-                if !committed {
-                    effects = Some(self.commit(&batch, &directory).await?);
-                    committed = true;
-                }
-                self.deliver_points(received_ms, shutdown).await
-            }
-            .await;
-            match result {
-                Ok(()) => break,
+            match self.deliver_points(lines, now_ms, shutdown).await {
+                Ok(()) => return Ok(()),
                 Err(Error::Store(e)) if e.is_transient() => {
-                    self.lines.truncate(telemetry_mark);
+                    lines.truncate(telemetry_mark);
                     metrics::counter!("penwarden_store_commit_failures_total").increment(1);
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store write failed; not acking");
                     tokio::select! {
@@ -240,55 +406,21 @@ impl Pipeline {
                 Err(e) => return Err(e),
             }
         }
-
-        for message in &messages {
-            self.acker.ack(message);
-        }
-        metrics::counter!("penwarden_mqtt_messages_acked_total").increment(messages.len() as u64);
-        self.stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
-        self.stats.acked.fetch_add(messages.len() as u64, Ordering::Relaxed);
-        self.stats.quarantined.fetch_add(batch.quarantine.len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        if let Some(effects) = effects {
-            metrics::counter!("penwarden_duplicate_events_total").increment(effects.duplicate_events as u64);
-            for violation in &effects.raised {
-                metrics::counter!("penwarden_violations_raised_total", "rule" => violation.rule.id()).increment(1);
-            }
-            self.stats.duplicate_events.fetch_add(effects.duplicate_events as u64, Ordering::Relaxed);
-            self.stats.violations_raised.fetch_add(effects.raised.len() as u64, Ordering::Relaxed);
-            for violation in &effects.raised {
-                tracing::info!(rule = violation.rule.id(), pen = %violation.pen, session = %violation.session_id, "violation raised");
-            }
-        }
-        Ok(())
     }
 
-    /// Applies the batch to the store in one transaction; derived points join the outbox.
-    async fn commit(
+    /// Gets a batch's telemetry (`lines`) and the oldest outbox rows into InfluxDB, or, while
+    /// InfluxDB is down, the telemetry into the spool. Returns once the points are durable in
+    /// one or the other, so the batch may be acked; when the spool is full it waits for
+    /// InfluxDB instead, and nothing is acked meanwhile.
+    async fn deliver_points(
         &mut self,
-        batch: &IngestBatch,
-        directory: &penwarden_store::PenDirectory,
-    ) -> Result<penwarden_store::Effects, Error> {
-        let started = std::time::Instant::now();
-        let mut derived_bytes = 0;
-        let derive = |effects: &penwarden_store::Effects| {
-            let lines = points::derived(effects, directory);
-            derived_bytes = lines.iter().map(|l| l.len() as u64).sum();
-            lines
-        };
-        let applied = self.store.apply_batch(batch, derive).await?;
-        self.spool_bytes += derived_bytes;
-        metrics::histogram!("penwarden_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-        Ok(applied)
-    }
-
-    /// Gets this batch's telemetry (in `self.lines`) and the oldest outbox rows into InfluxDB,
-    /// or, while InfluxDB is down, the telemetry into the spool. Returns once the points are
-    /// durable in one or the other, so the batch may be acked; when the spool is full it waits
-    /// for InfluxDB instead, and nothing is acked meanwhile.
-    async fn deliver_points(&mut self, now_ms: i64, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
+        lines: &mut LineBuilder,
+        now_ms: i64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Error> {
         // The batch's own lines are the prefix of the buffer; outbox rows are appended.
-        let telemetry_len = self.lines.as_str().len();
+        let telemetry_len = lines.as_str().len();
+        // Read every time: a lot recall over the API adds derived points to the outbox too.
         let outbox = self.store.pending_outbox(OUTBOX_ROWS_PER_BATCH).await?;
         if telemetry_len == 0 && outbox.is_empty() {
             return Ok(());
@@ -297,12 +429,12 @@ impl Pipeline {
         let probe_due = self.last_influx_attempt.is_none_or(|at| at.elapsed() >= PROBE_INTERVAL);
         if !in_outage || probe_due {
             for row in &outbox {
-                self.lines.push_encoded(&row.lines);
+                lines.push_encoded(&row.lines);
             }
             // In an outage one attempt per probe is enough: the spool keeps ingest moving.
-            let patience = if in_outage { Duration::ZERO } else { self.options.spool_after() };
+            let patience = if in_outage { Duration::ZERO } else { self.spool_after };
             self.last_influx_attempt = Some(std::time::Instant::now());
-            match self.writer.write(self.lines.as_str(), Some(patience), shutdown).await {
+            match self.writer.write(lines.as_str(), Some(patience), shutdown).await {
                 Ok(report) => {
                     if let Some(since) = self.influx_down_since.take() {
                         tracing::info!(
@@ -331,17 +463,17 @@ impl Pipeline {
                 Err(other) => return Err(other.into()),
             }
         }
-        let telemetry = &self.lines.as_str()[..telemetry_len];
+        let telemetry = &lines.as_str()[..telemetry_len];
         let oldest = outbox.first().map(|row| row.created_ms);
         if telemetry.is_empty() {
             self.report_spool(oldest, now_ms);
             return Ok(());
         }
-        if self.spool_bytes + telemetry.len() as u64 > self.options.spool_max_bytes {
+        if self.spool_bytes + telemetry.len() as u64 > self.spool_max_bytes {
             metrics::gauge!("penwarden_spool_full").set(1.0);
             tracing::error!(
                 spool_bytes = self.spool_bytes,
-                limit = self.options.spool_max_bytes,
+                limit = self.spool_max_bytes,
                 "spool full: not acking until InfluxDB takes this batch (the broker keeps the messages)"
             );
             let report = self.writer.write(telemetry, None, shutdown).await?;
@@ -363,32 +495,12 @@ impl Pipeline {
         let age_s = oldest_created_ms.map_or(0.0, |created| (now_ms - created).max(0) as f64 / 1000.0);
         metrics::gauge!("penwarden_spool_oldest_age_seconds").set(age_s);
     }
+}
 
-    /// Floods and unknown pens are quarantined (unknown pens are registered on the fly when auto-registration is on.
-    fn admit(&mut self, decoded: Decoded, batch: &mut IngestBatch) -> Result<Decoded, Rejection> {
-        let pen = decoded.pen();
-        if !self.flood.allow(pen, batch.received_ms) {
-            return Err(Rejection {
-                reason: "rate_limited",
-                detail: format!(
-                    "pen {pen} exceeds {} messages/s after a burst of {}",
-                    self.options.flood_rate_per_s, self.options.flood_burst
-                ),
-                pen: Some(pen.to_string()),
-            });
-        }
-        if self.store.directory().get(pen).is_none() {
-            if !self.options.auto_register_pens {
-                return Err(Rejection {
-                    reason: "unregistered_pen",
-                    detail: format!("pen {pen} is not registered (auto-registration is off)"),
-                    pen: Some(pen.to_string()),
-                });
-            }
-            batch.auto_register.insert(pen.clone());
-        }
-        Ok(decoded)
-    }
+/// Session, cartridge and disinfection events travel on the events channel; telemetry and
+/// birth/death state do not raise violations.
+fn is_device_event(message: &Incoming) -> bool {
+    message.publish.topic.ends_with("/events")
 }
 
 fn quarantine_entry(received_ms: i64, topic: &str, payload: &[u8], rejection: Rejection) -> QuarantineEntry {

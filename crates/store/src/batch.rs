@@ -6,7 +6,7 @@ use penwarden_domain::compliance::{
     judge_cartridge_reuse, judge_disinfection, CartridgeUse, Judgement, PenFact, PenFactKind, Rule, SessionRef,
 };
 use penwarden_domain::{CartridgeKey, ChainId, ClinicId, DeviceEvent, EventRecord, PenSerial, SessionId, Udi};
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, Transaction};
 
 use crate::directory::PenPlacement;
 use crate::{Result, Store};
@@ -617,48 +617,53 @@ async fn sessions_judged_by_status(
     Ok(rows.into_iter().filter_map(|row| stored_session_ref(row.get(0), row.get(1))).collect())
 }
 
-/// Rows per multi-row statement: well under SQLite's 32766 bound parameters, and big enough
-/// that a batch of thousands of messages takes a handful of statements, not thousands.
-const ROWS_PER_STATEMENT: usize = 4000;
+// The per-pen statements below bind the whole batch as one JSON array and read it back with
+// json_each: the SQL text never changes, so SQLite prepares each statement once per connection
+// (sqlx caches it) instead of parsing a new multi-row statement for every batch size, and there
+// is no bound-parameter limit to chunk around.
 
 /// Records telemetry sequence numbers; returns the ones not seen before.
 async fn insert_telemetry_seqs(
     tx: &mut Transaction<'_, Sqlite>,
     telemetry: &BTreeMap<PenSerial, PenTelemetry>,
 ) -> Result<Vec<(String, u64)>> {
-    let seqs: Vec<(&PenSerial, u64)> =
-        telemetry.iter().flat_map(|(pen, messages)| messages.seqs.iter().map(move |seq| (pen, *seq))).collect();
-    let mut inserted = Vec::new();
-    for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("INSERT INTO telemetry_seqs (pen_serial, seq) ");
-        query.push_values(chunk, |mut row, (pen, seq)| {
-            row.push_bind(pen.as_str()).push_bind(*seq as i64);
-        });
-        query.push(" ON CONFLICT (pen_serial, seq) DO NOTHING RETURNING pen_serial, seq");
-        let rows = query.build().fetch_all(&mut **tx).await?;
-        inserted.extend(rows.iter().map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1) as u64)));
+    if telemetry.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(inserted)
+    let seqs: Vec<(&str, u64)> = telemetry
+        .iter()
+        .flat_map(|(pen, messages)| messages.seqs.iter().map(move |seq| (pen.as_str(), *seq)))
+        .collect();
+    // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT, not a join.
+    let rows = sqlx::query(
+        "INSERT INTO telemetry_seqs (pen_serial, seq)
+         SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true
+         ON CONFLICT (pen_serial, seq) DO NOTHING RETURNING pen_serial, seq",
+    )
+    .bind(json_array(&seqs))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.iter().map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1) as u64)).collect())
 }
 
-/// Moves each pen's last-seen time forward (never back), in a few statements.
+/// Moves each pen's last-seen time forward (never back), in one statement.
 async fn touch_last_seen_many(
     tx: &mut Transaction<'_, Sqlite>,
     telemetry: &BTreeMap<PenSerial, PenTelemetry>,
 ) -> Result<()> {
-    let seen: Vec<(&PenSerial, i64)> =
-        telemetry.iter().filter_map(|(pen, messages)| Some((pen, messages.newest_sample_ms?))).collect();
-    for chunk in seen.chunks(ROWS_PER_STATEMENT) {
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("WITH seen (pen_serial, seen_ms) AS (");
-        query.push_values(chunk, |mut row, (pen, seen_ms)| {
-            row.push_bind(pen.as_str()).push_bind(*seen_ms);
-        });
-        query.push(
-            ") UPDATE pens SET last_seen_ms = seen.seen_ms FROM seen
-             WHERE pens.pen_serial = seen.pen_serial AND (pens.last_seen_ms IS NULL OR pens.last_seen_ms < seen.seen_ms)",
-        );
-        query.build().execute(&mut **tx).await?;
+    let seen: Vec<(&str, i64)> =
+        telemetry.iter().filter_map(|(pen, messages)| Some((pen.as_str(), messages.newest_sample_ms?))).collect();
+    if seen.is_empty() {
+        return Ok(());
     }
+    sqlx::query(
+        "UPDATE pens SET last_seen_ms = seen.value ->> 1 FROM json_each(?) AS seen
+         WHERE pens.pen_serial = seen.value ->> 0
+           AND (pens.last_seen_ms IS NULL OR pens.last_seen_ms < seen.value ->> 1)",
+    )
+    .bind(json_array(&seen))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -668,27 +673,29 @@ async fn gapped_sessions_overlapping(
     tx: &mut Transaction<'_, Sqlite>,
     new_seqs: &BTreeMap<String, (u64, u64)>,
 ) -> Result<Vec<SessionRef>> {
-    let ranges: Vec<(&String, &(u64, u64))> = new_seqs.iter().collect();
-    let mut found = Vec::new();
-    for chunk in ranges.chunks(ROWS_PER_STATEMENT / 2) {
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("WITH filled (pen_serial, min_seq, max_seq) AS (");
-        query.push_values(chunk, |mut row, (pen, (min_seq, max_seq))| {
-            row.push_bind(pen.as_str()).push_bind(*min_seq as i64).push_bind(*max_seq as i64);
-        });
-        query.push(
-            ") SELECT s.pen_serial, s.session_id FROM filled
-             JOIN violations v ON v.rule = ",
-        );
-        query.push_bind(Rule::TelemetryGap.id());
-        query.push(
-            " AND v.pen_serial = filled.pen_serial AND v.retracted_ms IS NULL
-             JOIN sessions s ON s.pen_serial = v.pen_serial AND s.session_id = v.session_id
-             WHERE s.start_seq < filled.max_seq AND s.end_seq > filled.min_seq",
-        );
-        let rows = query.build().fetch_all(&mut **tx).await?;
-        found.extend(rows.into_iter().filter_map(|row| stored_session_ref(row.get(0), row.get(1))));
+    if new_seqs.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(found)
+    let ranges: Vec<(&str, u64, u64)> =
+        new_seqs.iter().map(|(pen, (min_seq, max_seq))| (pen.as_str(), *min_seq, *max_seq)).collect();
+    let rows = sqlx::query(
+        "WITH filled (pen_serial, min_seq, max_seq) AS (
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1))
+         SELECT s.pen_serial, s.session_id FROM filled
+         JOIN violations v ON v.rule = ?2 AND v.pen_serial = filled.pen_serial AND v.retracted_ms IS NULL
+         JOIN sessions s ON s.pen_serial = v.pen_serial AND s.session_id = v.session_id
+         WHERE s.start_seq < filled.max_seq AND s.end_seq > filled.min_seq",
+    )
+    .bind(json_array(&ranges))
+    .bind(Rule::TelemetryGap.id())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().filter_map(|row| stored_session_ref(row.get(0), row.get(1))).collect())
+}
+
+/// Rows as a JSON array of arrays, for `json_each`.
+fn json_array<T: serde::Serialize>(rows: &[T]) -> String {
+    serde_json::to_string(rows).expect("tuples of strings and integers always serialize")
 }
 
 fn stored_session_ref(pen: String, session_id: String) -> Option<SessionRef> {

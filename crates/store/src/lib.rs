@@ -86,6 +86,9 @@ impl Store {
             // keeps the cost to one fsync per batch.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Statement journals (a multi-row INSERT inside the batch transaction needs one)
+            // stay in memory instead of a temporary file written through the kernel.
+            .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(10));
         let writer =
             SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(open_error)?;

@@ -9,6 +9,7 @@ use penwarden_domain::{CartridgeKey, ChainId, ClinicId, DeviceEvent, EventRecord
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::directory::PenPlacement;
+use crate::seq_runs::{self, SeqRun};
 use crate::{Result, Store};
 
 /// A pen's retained birth or death message.
@@ -223,18 +224,9 @@ impl Store {
 
         touch_last_seen_many(&mut tx, &batch.telemetry).await?;
 
-        // The range of sequence numbers each pen newly filled in: a late message can close a
-        // session's telemetry gap.
-        let mut new_seqs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut note_new_seq = |pen: &str, seq: u64| match new_seqs.get_mut(pen) {
-            Some(range) => *range = (range.0.min(seq), range.1.max(seq)),
-            None => {
-                new_seqs.insert(pen.to_owned(), (seq, seq));
-            }
-        };
-        for (pen, seq) in insert_telemetry_seqs(&mut tx, &batch.telemetry).await? {
-            note_new_seq(&pen, seq);
-        }
+        // Sequence numbers that arrived in this batch, telemetry and new events alike.
+        let mut arrived: BTreeMap<&str, Vec<u64>> =
+            batch.telemetry.iter().map(|(pen, messages)| (pen.as_str(), messages.seqs.clone())).collect();
 
         let mut touched_pens: BTreeMap<PenSerial, u64> = BTreeMap::new();
         let mut touched_cartridges: BTreeSet<CartridgeKey> = BTreeSet::new();
@@ -247,7 +239,7 @@ impl Store {
                 continue;
             }
             effects.new_events += 1;
-            note_new_seq(record.pen.as_str(), record.seq);
+            arrived.entry(record.pen.as_str()).or_default().push(record.seq);
             touch_last_seen(&mut tx, &record.pen, record.device_time_unix_ms).await?;
             let placement = self.directory.get(&record.pen).unwrap_or_default();
             match &record.event {
@@ -297,6 +289,9 @@ impl Store {
             }
         }
 
+        // The range of numbers each pen newly filled in: a late message can close a session's
+        // telemetry gap.
+        let new_seqs = record_received_seqs(&mut tx, &arrived).await?;
         touched_sessions.extend(gapped_sessions_overlapping(&mut tx, &new_seqs).await?);
         for key in &touched_cartridges {
             let uses = cartridge_uses(&mut tx, key).await?;
@@ -622,28 +617,63 @@ async fn sessions_judged_by_status(
 // (sqlx caches it) instead of parsing a new multi-row statement for every batch size, and there
 // is no bound-parameter limit to chunk around.
 
-/// Records telemetry sequence numbers; returns the ones not seen before.
-async fn insert_telemetry_seqs(
+/// Merges the numbers that arrived into each pen's runs of received numbers; returns, per pen,
+/// the lowest and highest number no run held before.
+async fn record_received_seqs(
     tx: &mut Transaction<'_, Sqlite>,
-    telemetry: &BTreeMap<PenSerial, PenTelemetry>,
-) -> Result<Vec<(String, u64)>> {
-    if telemetry.is_empty() {
-        return Ok(Vec::new());
-    }
-    let seqs: Vec<(&str, u64)> = telemetry
+    arrived: &BTreeMap<&str, Vec<u64>>,
+) -> Result<BTreeMap<String, (u64, u64)>> {
+    let windows: Vec<(&str, u64, u64)> = arrived
         .iter()
-        .flat_map(|(pen, messages)| messages.seqs.iter().map(move |seq| (pen.as_str(), *seq)))
+        .filter_map(|(pen, seqs)| Some((*pen, *seqs.iter().min()?, *seqs.iter().max()?)))
         .collect();
-    // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT, not a join.
+    if windows.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    // The stored runs each pen's new numbers can touch: those reaching into [min - 1, max + 1].
     let rows = sqlx::query(
-        "INSERT INTO telemetry_seqs (pen_serial, seq)
-         SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true
-         ON CONFLICT (pen_serial, seq) DO NOTHING RETURNING pen_serial, seq",
+        "SELECT r.pen_serial, r.first_seq, r.last_seq FROM json_each(?) AS arrived
+         JOIN received_seq_runs r ON r.pen_serial = arrived.value ->> 0
+          AND r.last_seq >= (arrived.value ->> 1) - 1 AND r.first_seq <= (arrived.value ->> 2) + 1",
     )
-    .bind(json_array(&seqs))
+    .bind(json_array(&windows))
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.iter().map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1) as u64)).collect())
+    let mut existing: BTreeMap<String, Vec<SeqRun>> = BTreeMap::new();
+    for row in &rows {
+        let run = SeqRun { first: row.get::<i64, _>(1).max(0) as u64, last: row.get::<i64, _>(2).max(0) as u64 };
+        existing.entry(row.get(0)).or_default().push(run);
+    }
+    let mut removed: Vec<(&str, u64)> = Vec::new();
+    let mut added: Vec<(&str, u64, u64)> = Vec::new();
+    let mut new_seqs = BTreeMap::new();
+    for (pen, seqs) in arrived {
+        let change = seq_runs::merge(existing.get(*pen).map_or(&[], Vec::as_slice), seqs);
+        removed.extend(change.removed.iter().map(|run| (*pen, run.last)));
+        added.extend(change.added.iter().map(|run| (*pen, run.first, run.last)));
+        if let (Some(first), Some(last)) = (change.new_seqs.first(), change.new_seqs.last()) {
+            new_seqs.insert((*pen).to_owned(), (*first, *last));
+        }
+    }
+    if !removed.is_empty() {
+        sqlx::query(
+            "DELETE FROM received_seq_runs
+             WHERE (pen_serial, last_seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))",
+        )
+        .bind(json_array(&removed))
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !added.is_empty() {
+        sqlx::query(
+            "INSERT INTO received_seq_runs (pen_serial, first_seq, last_seq)
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
+        )
+        .bind(json_array(&added))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(new_seqs)
 }
 
 /// Moves each pen's last-seen time forward (never back), in one statement.

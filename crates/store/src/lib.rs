@@ -11,6 +11,7 @@ mod fleet;
 mod queries;
 mod reports;
 mod scope;
+mod seq_runs;
 mod session_rules;
 
 pub use apikeys::ApiKeyRow;

@@ -6,6 +6,7 @@ use penwarden_domain::compliance::{
 use penwarden_domain::TreatmentArea;
 use sqlx::{Row, Sqlite, Transaction};
 
+use crate::seq_runs::SeqRun;
 use crate::Result;
 
 /// Judges one session with the six session rules, and TELEMETRY_GAP once it has ended; no
@@ -94,15 +95,16 @@ async fn received_between(
     start_seq: i64,
     end_seq: i64,
 ) -> Result<Vec<u64>> {
-    let seqs: Vec<i64> = sqlx::query_scalar(
-        "SELECT seq FROM pen_events WHERE pen_serial = ?1 AND seq > ?2 AND seq < ?3
-         UNION SELECT seq FROM telemetry_seqs WHERE pen_serial = ?1 AND seq > ?2 AND seq < ?3
-         ORDER BY seq",
+    let runs: Vec<SeqRun> = sqlx::query(
+        "SELECT first_seq, last_seq FROM received_seq_runs WHERE pen_serial = ? AND last_seq > ? AND first_seq < ?",
     )
     .bind(session.pen.as_str())
     .bind(start_seq)
     .bind(end_seq)
     .fetch_all(&mut **tx)
-    .await?;
-    Ok(seqs.into_iter().map(|seq| seq as u64).collect())
+    .await?
+    .iter()
+    .map(|row| SeqRun { first: row.get::<i64, _>(0).max(0) as u64, last: row.get::<i64, _>(1).max(0) as u64 })
+    .collect();
+    Ok(crate::seq_runs::received_between(&runs, start_seq.max(0) as u64, end_seq.max(0) as u64))
 }

@@ -180,8 +180,8 @@ fn escape_into(buffer: &mut String, value: &str, special: &[char]) {
     // One cheap test per byte for every character any context escapes; the exact set is
     // checked only in the rare value that has one of them.
     let may_need_escape = value.bytes().any(|b| matches!(b, b'\n' | b',' | b'=' | b' ' | b'"' | b'\\'));
-    let needs_escape = may_need_escape
-        && value.bytes().any(|b| b == b'\n' || special.iter().any(|c| *c as u32 == u32::from(b)));
+    let needs_escape =
+        may_need_escape && value.bytes().any(|b| b == b'\n' || special.iter().any(|c| *c as u32 == u32::from(b)));
     if !needs_escape {
         buffer.push_str(value);
         return;

@@ -32,7 +32,8 @@ pub struct Options {
     pub keep_alive_s: u64,
     /// Messages per store transaction and InfluxDB write, at most.
     pub batch_max_messages: usize,
-    /// How long a batch may wait to fill up.
+    /// How long a batch of telemetry may wait to fill up. A device event does not wait: its
+    /// batch takes what has already arrived and goes, so this bounds dashboard lag, not alerts.
     pub batch_max_delay_ms: u64,
     pub max_payload_bytes: usize,
     pub max_future_skew_ms: i64,
@@ -57,7 +58,7 @@ impl Default for Options {
             topic_root: "pw/v1".into(),
             keep_alive_s: 30,
             batch_max_messages: 2000,
-            batch_max_delay_ms: 10,
+            batch_max_delay_ms: 50,
             max_payload_bytes: 256 * 1024,
             max_future_skew_ms: 24 * 3_600_000,
             auto_register_pens: false,

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use penwarden_influx::{LineBuilder, Writer};
-use penwarden_store::{IngestBatch, QuarantineEntry, Store};
+use penwarden_store::{IngestBatch, PenPlacement, QuarantineEntry, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::decode::{self, Decoded, Rejection};
+use crate::decode::{self, Decoded, Rejection, Telemetry};
 use crate::mqtt::{Acker, Connection, Incoming};
 use crate::{now_ms, points, Options};
 
@@ -82,10 +82,10 @@ impl Service {
     /// holds, and returns.
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<Result<(), Error>> {
         let (forward, receive) = mpsc::channel(self.options.batch_max_messages * 2);
-        // One committed batch may wait while the previous one is being written: the commit of
-        // batch N+1 (and so its violations) does not wait for the InfluxDB write of batch N.
-        let (deliver, committed) = mpsc::channel(1);
-        let (recycle, recycled) = mpsc::unbounded_channel();
+        // Committed batches queue for their InfluxDB write, so a slow write does not hold up
+        // the commits behind it (and the violations they raise). The bound keeps what waits
+        // unacked, in memory, to a few batches.
+        let (deliver, committed) = mpsc::channel(COMMITTED_BATCHES_WAITING);
         let (drained_tx, drained_rx) = watch::channel(false);
         let acker = self.connection.acker();
         let flood = crate::flood::FloodGuard::new(self.options.flood_burst, self.options.flood_rate_per_s);
@@ -100,10 +100,9 @@ impl Service {
             spool_bytes: self.spool_bytes,
             influx_down_since: None,
             last_influx_attempt: None,
-            recycle,
         };
         let delivery = tokio::spawn(delivery.run(committed, shutdown.clone()));
-        let committer = Committer { options: self.options, store: self.store, stats: self.stats, flood, recycled };
+        let committer = Committer { options: self.options, store: self.store, stats: self.stats, flood };
         tokio::spawn(async move {
             let committed = committer.run(receive, shutdown, deliver).await;
             let delivered = delivery.await.unwrap_or_else(|e| Err(Error::Unreachable(format!("delivery task: {e}"))));
@@ -118,8 +117,9 @@ impl Service {
 /// (or the spool) before its messages are acked.
 struct CommittedBatch {
     messages: Vec<Incoming>,
-    /// The batch's telemetry as line protocol.
-    lines: LineBuilder,
+    /// The batch's telemetry, with where each pen stood, for line protocol. Encoding it is the
+    /// delivery stage's work: it stays off the path from a message to its commit.
+    telemetry: Vec<(Telemetry, Arc<PenPlacement>)>,
     received_ms: i64,
     /// Bytes of derived points the commit added to the outbox.
     derived_bytes: u64,
@@ -133,11 +133,11 @@ struct Committer {
     store: Store,
     stats: Arc<Stats>,
     flood: crate::flood::FloodGuard,
-    /// Line buffers the delivery stage is done with, to be filled again.
-    recycled: mpsc::UnboundedReceiver<LineBuilder>,
 }
 
 const LINE_BUFFER_BYTES: usize = 1 << 20;
+/// Committed batches that may wait for the delivery stage.
+const COMMITTED_BATCHES_WAITING: usize = 16;
 
 impl Committer {
     async fn run(
@@ -201,8 +201,7 @@ impl Committer {
         let limits = self.options.limits();
         let directory = self.store.directory().clone();
         let mut batch = IngestBatch { received_ms, ..IngestBatch::default() };
-        let mut lines = self.recycled.try_recv().unwrap_or_else(|_| LineBuilder::with_capacity(LINE_BUFFER_BYTES));
-        lines.clear();
+        let mut telemetry_points = Vec::new();
         for message in &messages {
             let publish = &message.publish;
             let decoded =
@@ -222,10 +221,10 @@ impl Committer {
             match decoded {
                 Decoded::Telemetry(telemetry) => {
                     let placement = directory.get(&telemetry.pen).unwrap_or_default();
-                    points::telemetry(&mut lines, &telemetry, &placement);
                     self.stats.samples.fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
                     let newest = telemetry.samples.iter().map(|s| s.time_unix_ms).max();
                     batch.add_telemetry(&telemetry.pen, telemetry.seq, newest);
+                    telemetry_points.push((telemetry, placement));
                 }
                 Decoded::Event(event) => batch.events.push(event),
                 Decoded::State(state) => batch.states.push(state),
@@ -260,7 +259,7 @@ impl Committer {
         }
         self.stats.quarantined.fetch_add(batch.quarantine.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(CommittedBatch { messages, lines, received_ms, derived_bytes, after_shutdown })
+        Ok(CommittedBatch { messages, telemetry: telemetry_points, received_ms, derived_bytes, after_shutdown })
     }
 
     fn record_effects(&self, effects: &penwarden_store::Effects) {
@@ -335,7 +334,6 @@ struct Delivery {
     spool_bytes: u64,
     influx_down_since: Option<i64>,
     last_influx_attempt: Option<std::time::Instant>,
-    recycle: mpsc::UnboundedSender<LineBuilder>,
 }
 
 impl Delivery {
@@ -361,11 +359,15 @@ impl Delivery {
                     continue;
                 }
             };
-            let Some(mut batch) = batch else { break };
+            let Some(batch) = batch else { break };
+            lines.clear();
+            for (telemetry, placement) in &batch.telemetry {
+                points::telemetry(&mut lines, telemetry, placement);
+            }
             self.spool_bytes += batch.derived_bytes;
             let mut no_interrupt = watch::channel(false).1;
             let interrupt = if batch.after_shutdown { &mut no_interrupt } else { &mut shutdown };
-            self.deliver(&mut batch.lines, batch.received_ms, interrupt).await?;
+            self.deliver(&mut lines, batch.received_ms, interrupt).await?;
             for message in &batch.messages {
                 self.acker.ack(message);
             }
@@ -373,7 +375,6 @@ impl Delivery {
             metrics::counter!("penwarden_mqtt_messages_acked_total").increment(count);
             self.stats.messages.fetch_add(count, Ordering::Relaxed);
             self.stats.acked.fetch_add(count, Ordering::Relaxed);
-            let _ = self.recycle.send(batch.lines);
         }
         self.acker.flush_all().await;
         tracing::info!("ingest drained");

@@ -623,10 +623,8 @@ async fn record_received_seqs(
     tx: &mut Transaction<'_, Sqlite>,
     arrived: &BTreeMap<&str, Vec<u64>>,
 ) -> Result<BTreeMap<String, (u64, u64)>> {
-    let windows: Vec<(&str, u64, u64)> = arrived
-        .iter()
-        .filter_map(|(pen, seqs)| Some((*pen, *seqs.iter().min()?, *seqs.iter().max()?)))
-        .collect();
+    let windows: Vec<(&str, u64, u64)> =
+        arrived.iter().filter_map(|(pen, seqs)| Some((*pen, *seqs.iter().min()?, *seqs.iter().max()?))).collect();
     if windows.is_empty() {
         return Ok(BTreeMap::new());
     }

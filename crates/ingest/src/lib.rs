@@ -58,7 +58,7 @@ impl Default for Options {
             topic_root: "pw/v1".into(),
             keep_alive_s: 30,
             batch_max_messages: 2000,
-            batch_max_delay_ms: 50,
+            batch_max_delay_ms: 25,
             max_payload_bytes: 256 * 1024,
             max_future_skew_ms: 24 * 3_600_000,
             auto_register_pens: false,

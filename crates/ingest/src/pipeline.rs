@@ -136,8 +136,10 @@ struct Committer {
 }
 
 const LINE_BUFFER_BYTES: usize = 1 << 20;
-/// Committed batches that may wait for the delivery stage.
-const COMMITTED_BATCHES_WAITING: usize = 16;
+/// Committed batches that may wait for the delivery stage: enough to keep it busy while the
+/// committer works, few enough that a backlog stays with the broker rather than in memory
+/// (16 let RSS pass 150 MiB at 150k samples/s offered).
+const COMMITTED_BATCHES_WAITING: usize = 4;
 
 impl Committer {
     async fn run(

@@ -240,19 +240,11 @@ impl Committer {
 
         let mut derived_bytes = 0;
         if !batch.is_empty() {
-            let mut backoff = Duration::from_millis(100);
+            let mut retry = StoreRetry::new();
             let effects = loop {
                 match self.commit(&batch, &directory).await {
                     Ok(applied) => break applied,
-                    Err(Error::Store(e)) if e.is_transient() => {
-                        metrics::counter!("penwarden_store_commit_failures_total").increment(1);
-                        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store write failed; not acking");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.changed() => return Err(e.into()),
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
+                    Err(Error::Store(e)) if e.is_transient() => retry.wait(e, shutdown).await?,
                     Err(e) => return Err(e),
                 }
             };
@@ -392,19 +384,13 @@ impl Delivery {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let telemetry_mark = lines.mark();
-        let mut backoff = Duration::from_millis(100);
+        let mut retry = StoreRetry::new();
         loop {
             match self.deliver_points(lines, now_ms, shutdown).await {
                 Ok(()) => return Ok(()),
                 Err(Error::Store(e)) if e.is_transient() => {
                     lines.truncate(telemetry_mark);
-                    metrics::counter!("penwarden_store_commit_failures_total").increment(1);
-                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store write failed; not acking");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return Err(e.into()),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    retry.wait(e, shutdown).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -497,6 +483,31 @@ impl Delivery {
         metrics::gauge!("penwarden_spool_bytes").set(self.spool_bytes as f64);
         let age_s = oldest_created_ms.map_or(0.0, |created| (now_ms - created).max(0) as f64 / 1000.0);
         metrics::gauge!("penwarden_spool_oldest_age_seconds").set(age_s);
+    }
+}
+
+/// Waits between attempts after a transient store failure (a full disk, an I/O error); the
+/// batch is not acked meanwhile, so nothing is lost.
+struct StoreRetry {
+    backoff: Duration,
+}
+
+impl StoreRetry {
+    fn new() -> StoreRetry {
+        StoreRetry { backoff: Duration::from_millis(100) }
+    }
+
+    /// Logs the failure and waits before the next attempt, longer each time; gives up with the
+    /// error on shutdown.
+    async fn wait(&mut self, error: penwarden_store::Error, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
+        metrics::counter!("penwarden_store_commit_failures_total").increment(1);
+        tracing::error!(error = %error, retry_in_ms = self.backoff.as_millis() as u64, "store write failed; not acking");
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => {}
+            _ = shutdown.changed() => return Err(error.into()),
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        Ok(())
     }
 }
 

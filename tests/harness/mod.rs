@@ -132,12 +132,17 @@ pub struct Mosquitto {
     pub port: u16,
     config: PathBuf,
     process: Option<Process>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
     pub async fn start() -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, mosquitto drops to its own user: without write access to the data
+        // directory it cannot save its persistence file, and a restart silently loses every
+        // persistent session and queued message.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("open the mosquitto data directory to the broker's user");
         let port = free_port();
         let config = dir.path().join("mosquitto.conf");
         // Persistence and unlimited queues: a persistent session must keep every message.
@@ -150,7 +155,7 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let mut mosquitto = Mosquitto { port, config, process: None, _dir: dir };
+        let mut mosquitto = Mosquitto { port, config, process: None, dir };
         mosquitto.spawn().await;
         mosquitto
     }
@@ -170,6 +175,8 @@ impl Mosquitto {
         if let Some(mut process) = self.process.take() {
             process.terminate(Duration::from_secs(10));
         }
+        let saved = self.dir.path().join("mosquitto.db");
+        assert!(saved.exists(), "mosquitto saved no {}: the restart would lose its sessions", saved.display());
         self.spawn().await;
     }
 

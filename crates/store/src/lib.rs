@@ -94,7 +94,14 @@ impl Store {
         let writer =
             SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(open_error)?;
         sqlx::migrate!("./migrations").run(&writer).await?;
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
+        // No ping before each query: the connections live in this process (the ping is a
+        // round trip to the connection's worker thread, as costly as a small query).
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
         let directory = PenDirectory::default();
         let violation_changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
         let store = Store { pool, writer, directory, thresholds: Default::default(), violation_changes };

@@ -8,14 +8,34 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use crate::scope::push_record_scope;
 use crate::{Error, Result, Store};
 
-/// The columns `session_view` reads, from `sessions s`, with the active violations' rules.
-pub(crate) const SESSION_VIEW_SELECT: &str =
-    "SELECT s.pen_serial, s.session_id, s.clinic_id, s.chain_id, s.cartridge_gtin, s.cartridge_serial,
+/// The columns `session_view` reads (`s` is the sessions table), with the active violations'
+/// rules.
+macro_rules! session_view_columns {
+    () => {
+        "s.pen_serial, s.session_id, s.clinic_id, s.chain_id, s.cartridge_gtin, s.cartridge_serial,
          s.cartridge_lot, s.operator_id, s.area, s.started_ms, s.ended_ms, s.strokes, s.motor_seconds,
          s.max_depth_mm,
          (SELECT GROUP_CONCAT(v.rule, ',') FROM violations v
-          WHERE v.pen_serial = s.pen_serial AND v.session_id = s.session_id AND v.retracted_ms IS NULL)
-     FROM sessions s";
+          WHERE v.pen_serial = s.pen_serial AND v.session_id = s.session_id AND v.retracted_ms IS NULL)"
+    };
+}
+
+pub(crate) const SESSION_VIEW_SELECT: &str = concat!("SELECT ", session_view_columns!(), " FROM sessions s");
+
+/// A cartridge with its lot's manufacturer (columns 15 to 17) and its sessions, one row per
+/// session or one row of NULL session columns. The scope joins the sessions' ON clause, so the
+/// cartridge row comes back either way. The index is named because without statistics SQLite
+/// prefers a scope's (chain_id, started_ms) index for its ORDER BY, scanning all of a chain's
+/// sessions to find one cartridge's.
+const CARTRIDGE_WITH_SESSIONS: &str = concat!(
+    "SELECT ",
+    session_view_columns!(),
+    ", c.lot, c.expiry, l.manufacturer_id
+     FROM cartridges c
+     LEFT JOIN lots l ON l.gtin = c.gtin AND l.lot = c.lot
+     LEFT JOIN sessions s INDEXED BY sessions_cartridge
+         ON s.cartridge_gtin = c.gtin AND s.cartridge_serial = c.serial"
+);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionView {
@@ -160,22 +180,18 @@ impl Store {
     /// exist, so its existence elsewhere cannot be inferred.
     pub async fn cartridge(&self, key: &CartridgeKey, scope: &Scope) -> Result<CartridgeView> {
         let not_found = || Error::NotFound(format!("cartridge {key}"));
-        let row = sqlx::query(
-            "SELECT c.lot, c.expiry, l.manufacturer_id FROM cartridges c
-             LEFT JOIN lots l ON l.gtin = c.gtin AND l.lot = c.lot WHERE c.gtin = ? AND c.serial = ?",
-        )
-        .bind(&key.gtin)
-        .bind(&key.serial)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(not_found)?;
-        let mut query = QueryBuilder::new(SESSION_VIEW_SELECT);
-        query.push(" WHERE s.cartridge_gtin = ").push_bind(&key.gtin);
-        query.push(" AND s.cartridge_serial = ").push_bind(&key.serial);
+        // One query, not a cartridge query and a sessions query: each costs a round trip to the
+        // connection's worker thread, and GetCartridge is the API's hottest call.
+        let mut query = QueryBuilder::new(CARTRIDGE_WITH_SESSIONS);
         push_record_scope(&mut query, scope, "s");
+        query.push(" WHERE c.gtin = ").push_bind(&key.gtin);
+        query.push(" AND c.serial = ").push_bind(&key.serial);
         query.push(" ORDER BY s.started_ms, s.pen_serial");
-        let sessions = query.build().fetch_all(&self.pool).await?;
-        let manufacturer: Option<String> = row.get(2);
+        let rows = query.build().fetch_all(&self.pool).await?;
+        let cartridge = rows.first().ok_or_else(not_found)?;
+        let sessions: Vec<SessionView> =
+            rows.iter().filter(|row| row.get::<Option<String>, _>(1).is_some()).map(session_view).collect();
+        let manufacturer: Option<String> = cartridge.get(17);
         let owns_lot = matches!(scope, Scope::Manufacturer(m) if manufacturer.as_deref() == Some(m.as_str()));
         if sessions.is_empty() && !owns_lot && *scope != Scope::All {
             return Err(not_found());
@@ -183,9 +199,9 @@ impl Store {
         Ok(CartridgeView {
             gtin: key.gtin.clone(),
             serial: key.serial.clone(),
-            lot: row.get(0),
-            expiry: row.get(1),
-            sessions: sessions.iter().map(session_view).collect(),
+            lot: cartridge.get(15),
+            expiry: cartridge.get(16),
+            sessions,
         })
     }
 

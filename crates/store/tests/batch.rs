@@ -132,6 +132,22 @@ async fn a_late_upload_moves_the_reuse_verdict_and_keeps_the_record() {
 }
 
 #[tokio::test]
+async fn a_cartridge_outside_the_scope_is_not_found_like_an_unknown_one() {
+    let (store, _dir) = store().await;
+    apply(&store, vec![start("P1", 1, 100, "a", UDI)]).await;
+    let key = Udi::parse(UDI).unwrap().key();
+    let seen = store.cartridge(&key, &Scope::All).await.unwrap();
+    assert_eq!((seen.lot.as_str(), seen.sessions.len()), ("LOT7", 1));
+    // P1 belongs to no chain, so a chain's key sees no session of the cartridge.
+    let chain = Scope::new(penwarden_domain::access::Role::Chain, "chain-a").unwrap();
+    let outside = store.cartridge(&key, &chain).await.unwrap_err();
+    assert!(matches!(outside, penwarden_store::Error::NotFound(_)), "{outside:?}");
+    let unknown = Udi::parse("(01)09506000134352(17)301231(10)LOT7(21)C-404").unwrap().key();
+    let missing = store.cartridge(&unknown, &Scope::All).await.unwrap_err();
+    assert!(matches!(missing, penwarden_store::Error::NotFound(_)), "{missing:?}");
+}
+
+#[tokio::test]
 async fn disinfection_arriving_late_retracts_the_violation_visibly() {
     let (store, _dir) = store().await;
     apply(&store, vec![start("P1", 1, 100, "a", "(01)09506000134352(17)301231(10)L(21)X1"), end("P1", 2, 200, "a")])

@@ -137,7 +137,8 @@ impl Connection {
             .into_iter()
             .map(|channel| SubscribeFilter::new(topic::filter(&options.topic_root, channel), QoS::AtLeastOnce))
             .collect();
-        let connection = Arc::new(AtomicU64::new(0));
+        // The first connection is number 1; each loss (or failed attempt) moves it on (`on_lost`).
+        let connection = Arc::new(AtomicU64::new(1));
         let first = tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await;
         let unreachable = |reason: String| Error::Unreachable(format!("MQTT broker {}: {reason}", options.mqtt_url));
         match first {
@@ -160,7 +161,7 @@ impl Connection {
     }
 
     fn on_connected(&mut self, session_present: bool) {
-        let generation = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
+        let generation = self.connection.load(Ordering::Acquire);
         metrics::gauge!("penwarden_mqtt_connected").set(1.0);
         if generation > 1 {
             metrics::counter!("penwarden_mqtt_reconnects_total").increment(1);
@@ -173,6 +174,18 @@ impl Connection {
                 tracing::error!(error = %e, "could not queue MQTT subscribe");
             }
         }
+    }
+
+    /// The connection is gone: from now on the acks of everything it delivered are dropped,
+    /// not sent on the next connection. Its packet ids mean nothing there (the broker redelivers
+    /// those messages), and an ack sent anyway could release another message before it is
+    /// durable. Numbering the next connection at the loss, not at its CONNACK, also covers
+    /// the acks the pipeline makes while the client reconnects. Publishes rumqttc read from the
+    /// lost connection and still buffers go too, for the same reason.
+    fn on_lost(&mut self) {
+        self.connection.fetch_add(1, Ordering::AcqRel);
+        self.eventloop.state.events.clear();
+        metrics::gauge!("penwarden_mqtt_connected").set(0.0);
     }
 
     /// Polls until `stop` turns true, forwarding publishes; then keeps polling until the
@@ -222,7 +235,7 @@ impl Connection {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        metrics::gauge!("penwarden_mqtt_connected").set(0.0);
+                        self.on_lost();
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));

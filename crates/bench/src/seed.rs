@@ -116,8 +116,8 @@ pub(crate) async fn seed(path: &str, cartridges: usize, sessions: usize, violati
     )
     .await;
     tx.commit().await.expect("commit");
-    // No ANALYZE: penwarden never runs it on its store, and with its statistics (SQLite is
-    // built with STAT4) every statement is planned again whenever a bound value changes.
+    // No ANALYZE: penwarden never runs it on its store, so the API benchmark measures the
+    // query plans a real store gets.
     db.close().await.expect("close");
     eprintln!(
         "seeded {path}: {cartridges} cartridges, {sessions} sessions, {violations} violations in {:.1} s",

@@ -6,6 +6,7 @@ mod api;
 mod common;
 mod faults;
 mod pipeline;
+mod poison;
 mod protocol;
 mod rules;
 mod storm;

@@ -469,6 +469,14 @@ pub async fn run_pensim(args: &[String]) -> serde_json::Value {
     finish_pensim(spawn_pensim(args)).await
 }
 
+/// Runs one SQL statement on a SQLite store (a test changing the store behind penwarden's back).
+pub async fn sqlite_execute(url: &str, statement: &str) {
+    use sqlx::ConnectOptions;
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("a sqlite: URL");
+    let mut connection = options.connect().await.expect("open the store");
+    sqlx::query(statement).execute(&mut connection).await.expect("run the statement");
+}
+
 /// Reads a Prometheus endpoint and returns the value of an unlabelled metric.
 pub async fn metric(addr: &str, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()?;
@@ -533,7 +541,9 @@ pub struct Publisher {
 impl Publisher {
     pub async fn connect(port: u16) -> Publisher {
         use rumqttc::{Event, Packet};
-        let options = rumqttc::MqttOptions::new(format!("test-publisher-{}", free_port()), "127.0.0.1", port);
+        let mut options = rumqttc::MqttOptions::new(format!("test-publisher-{}", free_port()), "127.0.0.1", port);
+        // As large as MQTT allows: tests send oversized payloads on purpose.
+        options.set_max_packet_size(268_435_460, 268_435_460);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);
         let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = acked.clone();

@@ -7,4 +7,4 @@ pub mod line;
 mod writer;
 
 pub use line::LineBuilder;
-pub use writer::{Api, Error, Options, WriteReport, Writer};
+pub use writer::{Api, Error, Options, RejectedLine, WriteReport, Writer};

@@ -4,12 +4,12 @@
 /// [`LineBuilder::point_in_series`]. Empty tag values are left out, as in [`Point::tag`].
 pub fn series_key(measurement: &str, tags: &[(&str, &str)]) -> String {
     let mut key = String::with_capacity(64);
-    escape_into(&mut key, measurement, &[',', ' ']);
+    escape_into(&mut key, measurement, Place::Measurement);
     for (tag, value) in tags.iter().filter(|(_, value)| !value.is_empty()) {
         key.push(',');
-        escape_into(&mut key, tag, &[',', '=', ' ']);
+        escape_into(&mut key, tag, Place::Key);
         key.push('=');
-        escape_into(&mut key, value, &[',', '=', ' ']);
+        escape_into(&mut key, value, Place::Key);
     }
     key
 }
@@ -37,7 +37,7 @@ impl LineBuilder {
         if self.lines > 0 {
             self.buffer.push('\n');
         }
-        escape_into(&mut self.buffer, measurement, &[',', ' ']);
+        escape_into(&mut self.buffer, measurement, Place::Measurement);
         Point { builder: self, has_field: false }
     }
 
@@ -106,9 +106,9 @@ impl Point<'_> {
         if !value.is_empty() {
             let buffer = &mut self.builder.buffer;
             buffer.push(',');
-            escape_into(buffer, key, &[',', '=', ' ']);
+            escape_into(buffer, key, Place::Key);
             buffer.push('=');
-            escape_into(buffer, value, &[',', '=', ' ']);
+            escape_into(buffer, value, Place::Key);
         }
         self
     }
@@ -116,7 +116,7 @@ impl Point<'_> {
     fn field_key(&mut self, key: &str) {
         let buffer = &mut self.builder.buffer;
         buffer.push(if self.has_field { ',' } else { ' ' });
-        escape_into(buffer, key, &[',', '=', ' ']);
+        escape_into(buffer, key, Place::Key);
         buffer.push('=');
         self.has_field = true;
     }
@@ -153,7 +153,7 @@ impl Point<'_> {
             self.field_key(key);
             let buffer = &mut self.builder.buffer;
             buffer.push('"');
-            escape_into(buffer, value, &['"', '\\']);
+            escape_into(buffer, value, Place::StringField);
             buffer.push('"');
         }
         self
@@ -174,28 +174,174 @@ impl Point<'_> {
     }
 }
 
-fn escape_into(buffer: &mut String, value: &str, special: &[char]) {
-    // Almost nothing needs escaping: copy it whole (the specials are all ASCII, so a byte scan
-    // finds them).
-    // One cheap test per byte for every character any context escapes; the exact set is
-    // checked only in the rare value that has one of them.
-    let may_need_escape = value.bytes().any(|b| matches!(b, b'\n' | b',' | b'=' | b' ' | b'"' | b'\\'));
-    let needs_escape =
-        may_need_escape && value.bytes().any(|b| b == b'\n' || special.iter().any(|c| *c as u32 == u32::from(b)));
-    if !needs_escape {
+/// Where a text goes in a line; each place escapes its own characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Measurement,
+    /// Tag keys, tag values and field keys.
+    Key,
+    /// Inside a double-quoted string field.
+    StringField,
+}
+
+/// What line protocol cannot carry, whatever the escaping: a newline ends the line in every
+/// place, and a tag value or key that ends with a backslash escapes the separator after it
+/// (InfluxDB 1.x treats any character after a backslash as escaped and has no escape for the
+/// backslash itself). Each such character is written as U+FFFD, visibly not the original.
+pub const UNREPRESENTABLE: char = '\u{FFFD}';
+
+/// The value InfluxDB reads back for a tag value (or key) written by this module.
+pub fn tag_value_as_stored(value: &str) -> String {
+    let mut stored: String = value.chars().map(|c| if c == '\n' { UNREPRESENTABLE } else { c }).collect();
+    if stored.ends_with('\\') {
+        stored.pop();
+        stored.push(UNREPRESENTABLE);
+    }
+    stored
+}
+
+/// The value InfluxDB reads back for a string field written by this module.
+pub fn string_field_as_stored(value: &str) -> String {
+    value.chars().map(|c| if c == '\n' { UNREPRESENTABLE } else { c }).collect()
+}
+
+fn escape_into(buffer: &mut String, value: &str, place: Place) {
+    // Almost nothing needs escaping: one cheap test per byte for every character any place
+    // treats specially, and the text is copied whole.
+    let special = |b: u8| match place {
+        Place::Measurement => matches!(b, b',' | b' ' | b'\n'),
+        Place::Key => matches!(b, b',' | b'=' | b' ' | b'\n'),
+        Place::StringField => matches!(b, b'"' | b'\\' | b'\n'),
+    };
+    let trailing_backslash = place != Place::StringField && value.ends_with('\\');
+    if !trailing_backslash && !value.bytes().any(special) {
         buffer.push_str(value);
         return;
     }
-    for c in value.chars() {
-        if c == '\n' {
-            buffer.push_str("\\n");
+    let last = value.len().saturating_sub(1);
+    for (at, c) in value.char_indices() {
+        if c == '\n' || (trailing_backslash && at == last) {
+            buffer.push(UNREPRESENTABLE);
             continue;
         }
-        if special.contains(&c) {
+        // All the specials are ASCII, so a char that is one is that byte.
+        if c.is_ascii() && special(c as u8) {
             buffer.push('\\');
         }
         buffer.push(c);
     }
+}
+
+/// A line read the way InfluxDB 1.x reads it: the reference the escaping is tested against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedLine {
+    pub measurement: String,
+    pub tags: Vec<(String, String)>,
+    pub fields: Vec<(String, FieldValue)>,
+    pub timestamp: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Float(f64),
+    Integer(i64),
+    String(String),
+    Boolean(bool),
+}
+
+/// Parses one line by InfluxDB 1.x's rules (models/points.go): a byte after a backslash never
+/// ends a token, `\,`, `\ ` and `\=` unescape in keys and tag values (any other backslash
+/// stays), `\"` and `\\` unescape in string fields. For tests, fuzzing and reading back lines
+/// InfluxDB refused (to name the pen in the quarantine); not for speed.
+pub fn parse_line(line: &str) -> Result<ParsedLine, String> {
+    let bytes = line.as_bytes();
+    // The end of a token: the first of `stops` not preceded by a backslash.
+    let token_end = |from: usize, stops: &[u8]| {
+        (from..bytes.len()).find(|&i| stops.contains(&bytes[i]) && (i == 0 || bytes[i - 1] != b'\\'))
+    };
+    let unescape_key = |raw: &str| raw.replace("\\,", ",").replace("\\ ", " ").replace("\\=", "=");
+    if line.contains('\n') {
+        return Err("a newline inside a line".into());
+    }
+    let key_end = token_end(0, b" ").ok_or("missing fields")?;
+    let key = &line[..key_end];
+    let measurement_end = token_end(0, b", ").unwrap_or(key_end).min(key_end);
+    let measurement = unescape_key(&key[..measurement_end]);
+    if measurement.is_empty() {
+        return Err("missing measurement".into());
+    }
+    let mut tags = Vec::new();
+    let mut at = measurement_end;
+    while at < key_end {
+        // `at` is on the comma before a tag.
+        let eq = token_end(at + 1, b"=,").filter(|&i| i < key_end && bytes[i] == b'=').ok_or("missing tag value")?;
+        let end = token_end(eq + 1, b",= ").unwrap_or(key_end).min(key_end);
+        if end < key_end && bytes[end] == b'=' {
+            return Err("invalid tag format".into());
+        }
+        let (k, v) = (&line[at + 1..eq], &line[eq + 1..end]);
+        if k.is_empty() || v.is_empty() {
+            return Err("missing tag key or value".into());
+        }
+        tags.push((unescape_key(k), unescape_key(v)));
+        at = end;
+    }
+    // Fields: key=value pairs separated by commas; string values are quoted.
+    let mut fields = Vec::new();
+    let mut at = key_end + 1;
+    loop {
+        let eq = token_end(at, b"=").ok_or("missing field value")?;
+        let field_key = unescape_key(&line[at..eq]);
+        if field_key.is_empty() {
+            return Err("missing field key".into());
+        }
+        let value_start = eq + 1;
+        let (value, next) = if bytes.get(value_start) == Some(&b'"') {
+            let (value, close) = parse_string_field(&line[value_start + 1..]).ok_or("unbalanced quotes")?;
+            (FieldValue::String(value), value_start + 1 + close + 1)
+        } else {
+            let end = (value_start..bytes.len()).find(|&i| matches!(bytes[i], b',' | b' ')).unwrap_or(bytes.len());
+            (parse_scalar(&line[value_start..end])?, end)
+        };
+        fields.push((field_key, value));
+        match bytes.get(next) {
+            Some(b',') => at = next + 1,
+            Some(b' ') => {
+                let timestamp = line[next + 1..].trim_end_matches(' ');
+                let timestamp = timestamp.parse().map_err(|_| format!("bad timestamp {timestamp:?}"))?;
+                return Ok(ParsedLine { measurement, tags, fields, timestamp: Some(timestamp) });
+            }
+            None => return Ok(ParsedLine { measurement, tags, fields, timestamp: None }),
+            Some(other) => return Err(format!("unexpected {:?} after a field value", *other as char)),
+        }
+    }
+}
+
+/// Reads a string field after its opening quote: the value and the offset of the closing quote.
+/// `\\"` and `\\\\` are pairs; any other backslash stands for itself.
+fn parse_string_field(text: &str) -> Option<(String, usize)> {
+    let mut value = String::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return Some((value, at)),
+            '\\' if matches!(chars.peek(), Some((_, '"' | '\\'))) => value.push(chars.next()?.1),
+            other => value.push(other),
+        }
+    }
+    None
+}
+
+fn parse_scalar(text: &str) -> Result<FieldValue, String> {
+    if let Some(integer) = text.strip_suffix('i') {
+        return integer.parse().map(FieldValue::Integer).map_err(|_| format!("invalid integer {text:?}"));
+    }
+    match text {
+        "t" | "T" | "true" | "True" | "TRUE" => return Ok(FieldValue::Boolean(true)),
+        "f" | "F" | "false" | "False" | "FALSE" => return Ok(FieldValue::Boolean(false)),
+        _ => {}
+    }
+    text.parse().map(FieldValue::Float).map_err(|_| format!("invalid number {text:?}"))
 }
 
 #[cfg(test)]
@@ -274,6 +420,53 @@ mod tests {
     fn escapes_commas_equals_and_newlines_in_tags() {
         let mut lines = LineBuilder::default();
         lines.point("m,x").tag("k=1", "a,b=c\nd").int("v", 1).timestamp_ms(5);
-        assert_eq!(lines.as_str(), "m\\,x,k\\=1=a\\,b\\=c\\nd v=1i 5");
+        assert_eq!(lines.as_str(), "m\\,x,k\\=1=a\\,b\\=c\u{FFFD}d v=1i 5");
+    }
+
+    #[test]
+    fn a_trailing_backslash_cannot_escape_the_separator() {
+        // A pen model "SP-2\" once made InfluxDB refuse every line of that pen.
+        let mut lines = LineBuilder::default();
+        lines.point("m").tag("model", "SP-2\\").tag("pen", "P1").string("s", "a\\").timestamp_ms(1);
+        assert_eq!(lines.as_str(), "m,model=SP-2\u{FFFD},pen=P1 s=\"a\\\\\" 1");
+        let parsed = parse_line(lines.as_str()).unwrap();
+        assert_eq!(parsed.tags, [("model".into(), "SP-2\u{FFFD}".into()), ("pen".into(), "P1".into())]);
+        assert_eq!(parsed.fields, [("s".into(), FieldValue::String("a\\".into()))]);
+    }
+
+    #[test]
+    fn backslashes_inside_values_stand_for_themselves() {
+        let mut lines = LineBuilder::default();
+        lines.point("m").tag("t", "a\\,b\\ c\\=d\\e").string("s", "x\\\"y").timestamp_ms(1);
+        let parsed = parse_line(lines.as_str()).unwrap();
+        assert_eq!(parsed.tags, [("t".into(), "a\\,b\\ c\\=d\\e".into())]);
+        assert_eq!(parsed.fields, [("s".into(), FieldValue::String("x\\\"y".into()))]);
+    }
+
+    #[test]
+    fn the_reference_parser_refuses_what_influxdb_refuses() {
+        // Seen from InfluxDB 1.6.7: "invalid tag format".
+        assert!(parse_line("m,model=SP-2\\ x=1 1").is_err());
+        assert!(parse_line("m,model=a\\\\ x=1 2").is_err());
+        assert!(parse_line("m x=\"open 1").is_err());
+        assert_eq!(parse_line("m,t=c\\d x=1 4").unwrap().tags, [("t".into(), "c\\d".into())]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the values, the line parses, and reads back as documented.
+        #[test]
+        fn every_value_reads_back_as_stored(tag in "\\PC*", field in "\\PC*", other in ".*") {
+            let mut lines = LineBuilder::default();
+            lines.point("m").tag("a", &tag).tag("b", &other).string("s", &field).string("o", &other).timestamp_ms(7);
+            let parsed = parse_line(lines.as_str()).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}: {}", lines.as_str())))?;
+            let mut expected_tags = Vec::new();
+            if !tag.is_empty() { expected_tags.push(("a".to_string(), tag_value_as_stored(&tag))); }
+            if !other.is_empty() { expected_tags.push(("b".to_string(), tag_value_as_stored(&other))); }
+            proptest::prop_assert_eq!(parsed.tags, expected_tags);
+            let mut expected_fields = Vec::new();
+            if !field.is_empty() { expected_fields.push(("s".to_string(), FieldValue::String(string_field_as_stored(&field)))); }
+            if !other.is_empty() { expected_fields.push(("o".to_string(), FieldValue::String(string_field_as_stored(&other)))); }
+            proptest::prop_assert_eq!(parsed.fields, expected_fields);
+        }
     }
 }

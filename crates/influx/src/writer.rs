@@ -2,7 +2,10 @@
 //!
 //! Both paths gzip the body (when enabled), split large bodies, and retry with exponential
 //! backoff and jitter on connection errors, 5xx and 429. A 4xx that rejects lines is not
-//! retried (it would fail forever): the offending line is logged and the lines counted.
+//! retried (it would fail forever): the request is split until each refused line stands alone,
+//! and those lines are reported with the server's reason, for the caller's quarantine.
+//! Credentials travel in the Authorization header, never in a URL: a URL turns up in error
+//! messages and logs.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -42,7 +45,7 @@ pub struct Options {
     pub database: String,
     /// Organization (v2 only).
     pub org: String,
-    /// v2: API token; v1: `user:password`, sent as the u and p query parameters. Empty for none.
+    /// v2: API token; v1: `user:password`, sent as HTTP basic authentication. Empty for none.
     pub token: String,
     pub gzip: bool,
     /// Lines per HTTP request; InfluxDB recommends batches of about 5000.
@@ -92,12 +95,22 @@ pub struct WriteReport {
     pub lines: usize,
     pub requests: usize,
     pub failed_attempts: usize,
-    /// Lines InfluxDB refused with a 4xx (logged with the server's reason).
+    /// Lines InfluxDB refused with a 4xx; each is in `rejections`, unless it was refused as
+    /// too large.
     pub rejected_lines: usize,
+    pub rejections: Vec<RejectedLine>,
+}
+
+/// A line the server refused for good, and its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedLine {
+    pub line: String,
+    pub status: u16,
+    pub reason: String,
 }
 
 enum Backend {
-    V1 { http: reqwest::Client, write_url: reqwest::Url },
+    V1 { http: reqwest::Client, write_url: reqwest::Url, credentials: Option<(String, String)> },
     V2 { client: influxdb2::Client },
 }
 
@@ -142,10 +155,8 @@ impl Writer {
             Api::V1 => {
                 let mut write_url = base.join("write").map_err(|e| Error::Config(e.to_string()))?;
                 write_url.query_pairs_mut().append_pair("db", &options.database).append_pair("precision", "ms");
-                if let Some((user, password)) = options.token.split_once(':') {
-                    write_url.query_pairs_mut().append_pair("u", user).append_pair("p", password);
-                }
-                Backend::V1 { http: http_builder().build().map_err(build_error)?, write_url }
+                let credentials = v1_credentials(&options.token);
+                Backend::V1 { http: http_builder().build().map_err(build_error)?, write_url, credentials }
             }
             Api::V2 => {
                 if options.org.is_empty() {
@@ -194,13 +205,12 @@ impl Writer {
             .and_then(|u| u.join("query"))
             .map_err(|e| Error::Config(e.to_string()))?;
         let statement = format!("CREATE DATABASE \"{}\"", self.options.database.replace('"', "\\\""));
-        let mut form = vec![("q", statement)];
-        if let Some((user, password)) = self.options.token.split_once(':') {
-            form.push(("u", user.to_owned()));
-            form.push(("p", password.to_owned()));
+        let mut request = self.probe.post(url).form(&[("q", statement)]);
+        if let Some((user, password)) = v1_credentials(&self.options.token) {
+            request = request.basic_auth(user, Some(password));
         }
         let unreachable = |reason: String| Error::Unreachable { url: self.options.url.clone(), reason };
-        let response = self.probe.post(url).form(&form).send().await.map_err(|e| unreachable(e.to_string()))?;
+        let response = request.send().await.map_err(|e| unreachable(e.to_string()))?;
         if response.status().is_success() {
             Ok(())
         } else {
@@ -240,6 +250,7 @@ impl Writer {
                     report.requests += chunk_report.requests;
                     report.failed_attempts += chunk_report.failed_attempts;
                     report.rejected_lines += chunk_report.rejected_lines;
+                    report.rejections.extend(chunk_report.rejections);
                 }
                 // The other requests finish (or give up) too; the write as a whole failed.
                 Err(error) => failure = failure.or(Some(error)),
@@ -273,15 +284,20 @@ impl Writer {
                         metrics::counter!("penwarden_influx_points_written_total").increment(chunk.len() as u64);
                         break;
                     }
+                    // Which lines? Halve until each refused line stands alone (the good ones are
+                    // written again: a point with the same series and time is replaced).
+                    Attempt::Rejected { .. } if chunk.len() > 1 => {
+                        let (left, right) = chunk.split_at(chunk.len() / 2);
+                        pending.push(right);
+                        pending.push(left);
+                        break;
+                    }
                     Attempt::Rejected { status, message } => {
-                        let rejected = rejected_line_count(&message, chunk.len());
-                        report.lines += chunk.len() - rejected;
-                        report.rejected_lines += rejected;
-                        metrics::counter!("penwarden_influx_points_written_total")
-                            .increment((chunk.len() - rejected) as u64);
-                        metrics::counter!("penwarden_influx_points_rejected_total").increment(rejected as u64);
-                        tracing::error!(status, rejected, reason = %truncate(&message, 2000), first_line = %truncate(chunk[0], 500),
-                            "InfluxDB rejected lines; they are not retried");
+                        report.rejected_lines += 1;
+                        metrics::counter!("penwarden_influx_points_rejected_total").increment(1);
+                        let reason = truncate(&message, 2000).to_owned();
+                        tracing::debug!(status, %reason, line = %truncate(chunk[0], 500), "InfluxDB refused a line");
+                        report.rejections.push(RejectedLine { line: chunk[0].to_owned(), status, reason });
                         break;
                     }
                     Attempt::TooLarge if chunk.len() > 1 => {
@@ -325,14 +341,20 @@ impl Writer {
             Err(e) => return Attempt::Retry(format!("cannot compress body: {e}")),
         };
         match &self.backend {
-            Backend::V1 { http, write_url } => match http.post(write_url.clone()).body(body).send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    classify(status, text)
+            Backend::V1 { http, write_url, credentials } => {
+                let mut request = http.post(write_url.clone()).body(body);
+                if let Some((user, password)) = credentials {
+                    request = request.basic_auth(user, Some(password));
                 }
-                Err(e) => Attempt::Retry(e.to_string()),
-            },
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let text = response.text().await.unwrap_or_default();
+                        classify(status, text)
+                    }
+                    Err(e) => Attempt::Retry(e.to_string()),
+                }
+            }
             Backend::V2 { client } => {
                 let precision = influxdb2::api::write::TimestampPrecision::Milliseconds;
                 match client
@@ -376,14 +398,9 @@ fn classify(status: StatusCode, text: String) -> Attempt {
     }
 }
 
-/// InfluxDB reports partial writes as `... dropped=N`; otherwise assume the whole chunk.
-fn rejected_line_count(message: &str, chunk_len: usize) -> usize {
-    message
-        .rsplit("dropped=")
-        .next()
-        .filter(|_| message.contains("dropped="))
-        .and_then(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok())
-        .map_or(chunk_len, |dropped: usize| dropped.min(chunk_len))
+/// InfluxDB 1.x credentials, `user:password`, for basic authentication.
+fn v1_credentials(token: &str) -> Option<(String, String)> {
+    token.split_once(':').map(|(user, password)| (user.to_owned(), password.to_owned()))
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -397,10 +414,24 @@ fn truncate(text: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn partial_write_counts_dropped_lines() {
-        assert_eq!(rejected_line_count(r#"{"error":"partial write: field type conflict dropped=3"}"#, 10), 3);
-        assert_eq!(rejected_line_count("unable to parse 'x y': bad", 10), 10);
+    #[tokio::test]
+    async fn failed_writes_never_show_the_v1_password() {
+        // Port 1 on loopback: nothing listens, every attempt fails with a connection error.
+        let options = Options {
+            url: "http://127.0.0.1:1".into(),
+            api: Api::V1,
+            token: "penwarden:s3cret-pw".into(),
+            min_backoff_ms: 1,
+            ..Options::default()
+        };
+        let writer = Writer::new(options).unwrap();
+        let mut shutdown = watch::channel(false).1;
+        let error = writer.write("m x=1 1", Some(Duration::from_millis(50)), &mut shutdown).await.unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(shown.contains("127.0.0.1:1"), "the error says where: {shown}");
+        assert!(!shown.contains("s3cret"), "the password leaked: {shown}");
+        let error = writer.ensure_database().await.unwrap_err();
+        assert!(!format!("{error} {error:?}").contains("s3cret"));
     }
 
     #[test]

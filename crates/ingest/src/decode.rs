@@ -80,13 +80,7 @@ fn reject(reason: &'static str, detail: impl Into<String>, pen: Option<&PenSeria
 /// Decodes and validates one MQTT message. `now_ms` is the receive time.
 pub fn decode(root: &str, topic: &str, payload: &[u8], now_ms: i64, limits: &Limits) -> Result<Decoded, Rejection> {
     let (pen, channel) = topic::parse(root, topic).map_err(|detail| reject("topic_invalid", detail, None))?;
-    if payload.len() > limits.max_payload_bytes {
-        return Err(reject(
-            "payload_too_large",
-            format!("{} bytes, limit {}", payload.len(), limits.max_payload_bytes),
-            Some(&pen),
-        ));
-    }
+    check_size(&pen, payload.len(), limits)?;
     let json = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let decoded = match channel {
         Channel::Telemetry => {
@@ -96,6 +90,28 @@ pub fn decode(root: &str, topic: &str, payload: &[u8], now_ms: i64, limits: &Lim
         Channel::State => validate_state(&pen, parse::<wire::PenState>(payload, json, &pen)?, now_ms, limits),
     }?;
     Ok(decoded)
+}
+
+/// The rejection of a payload of `payload_len` bytes that was cut on arrival because it is over
+/// the limit: only its size and topic are known.
+pub fn oversized(root: &str, topic: &str, payload_len: usize, limits: &Limits) -> Rejection {
+    let pen = topic::parse(root, topic).ok().map(|(pen, _)| pen);
+    match pen {
+        Some(pen) => check_size(&pen, payload_len, limits).err(),
+        None => None,
+    }
+    .unwrap_or_else(|| reject("payload_too_large", size_detail(payload_len, limits), None))
+}
+
+fn check_size(pen: &PenSerial, payload_len: usize, limits: &Limits) -> Result<(), Rejection> {
+    if payload_len > limits.max_payload_bytes {
+        return Err(reject("payload_too_large", size_detail(payload_len, limits), Some(pen)));
+    }
+    Ok(())
+}
+
+fn size_detail(payload_len: usize, limits: &Limits) -> String {
+    format!("{payload_len} bytes, limit {}", limits.max_payload_bytes)
 }
 
 fn parse<M>(payload: &[u8], json: bool, pen: &PenSerial) -> Result<M, Rejection>

@@ -46,7 +46,41 @@ const MAX_PENDING: usize = 20_000;
 pub(crate) struct Incoming {
     pub(crate) publish: Publish,
     pub(crate) connection: u64,
+    /// The payload's size as it arrived. A payload over the ingest limit is cut to an excerpt
+    /// here, so a hostile message holds memory only while it is read.
+    pub(crate) payload_len: usize,
 }
+
+impl Incoming {
+    fn new(mut publish: Publish, connection: u64, max_payload_bytes: usize) -> Incoming {
+        let payload_len = publish.payload.len();
+        if payload_len > max_payload_bytes {
+            // A copy, not a slice: a slice would keep the whole buffer alive.
+            let excerpt = &publish.payload[..payload_len.min(OVERSIZED_EXCERPT_BYTES)];
+            publish.payload = bytes::Bytes::copy_from_slice(excerpt);
+        }
+        Incoming { publish, connection, payload_len }
+    }
+
+    /// True when the payload was cut because it is over the ingest limit.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.publish.payload.len() < self.payload_len
+    }
+}
+
+/// What is kept of a payload over the limit: enough for the quarantine's excerpt.
+const OVERSIZED_EXCERPT_BYTES: usize = 1024;
+
+/// The largest packet MQTT can frame (its remaining-length field tops out at 256 MiB). The
+/// client takes every packet the protocol allows: one it refused would drop the connection, come
+/// back on every reconnect and hold up every pen behind it. Size is judged after reading, by
+/// the ingest limit, and a payload over it goes to the quarantine and is acked.
+const MQTT_MAX_PACKET_BYTES: usize = 268_435_455 + 5;
+
+/// A connection lost sooner than this after it was made does not reset the reconnect backoff:
+/// a broker that accepts and then drops us at once is not healthy.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Sends the pipeline's acks without ever waiting on the MQTT client: acks travel through the
 /// client's request channel, which only the polling task drains, and that task may be paused
@@ -118,6 +152,7 @@ pub(crate) struct Connection {
     eventloop: EventLoop,
     connection: Arc<AtomicU64>,
     filters: Vec<SubscribeFilter>,
+    max_payload_bytes: usize,
 }
 
 impl Connection {
@@ -128,9 +163,7 @@ impl Connection {
         mqtt.set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(Duration::from_secs(options.keep_alive_s.max(5)))
-            // Accept large packets at the MQTT layer so oversized payloads reach validation and
-            // the quarantine instead of breaking the connection (and being redelivered forever).
-            .set_max_packet_size(64 * 1024 * 1024, 1024 * 1024)
+            .set_max_packet_size(MQTT_MAX_PACKET_BYTES, 1024 * 1024)
             .set_request_channel_capacity(1 << 16);
         let (client, mut eventloop) = AsyncClient::new(mqtt, 1 << 16);
         let filters = Channel::ALL
@@ -143,7 +176,8 @@ impl Connection {
         let unreachable = |reason: String| Error::Unreachable(format!("MQTT broker {}: {reason}", options.mqtt_url));
         match first {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
-                let mut this = Connection { client, eventloop, connection, filters };
+                let max_payload_bytes = options.max_payload_bytes;
+                let mut this = Connection { client, eventloop, connection, filters, max_payload_bytes };
                 this.on_connected(ack.session_present);
                 Ok(this)
             }
@@ -198,6 +232,8 @@ impl Connection {
     ) {
         let mut forward = Some(forward);
         let mut backoff = Duration::from_millis(100);
+        // When the current connection was made; None while reconnecting.
+        let mut connected_at = Some(tokio::time::Instant::now());
         // Publishes received and not yet taken by the pipeline. The event loop must be polled
         // all the time, because polling is also what sends the pipeline's acks: waiting for
         // room in the pipeline's channel instead deadlocks once the ack queue fills (seen at
@@ -225,20 +261,24 @@ impl Connection {
                 }
                 polled = self.eventloop.poll(), if pending.len() < MAX_PENDING => match polled {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        backoff = Duration::from_millis(100);
+                        connected_at = Some(tokio::time::Instant::now());
                         self.on_connected(ack.session_present);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         if forward.is_some() {
-                            pending.push_back(Incoming { publish, connection: self.connection.load(Ordering::Acquire) });
+                            let connection = self.connection.load(Ordering::Acquire);
+                            pending.push_back(Incoming::new(publish, connection, self.max_payload_bytes));
                         }
                     }
                     Ok(_) => {}
                     Err(e) => {
                         self.on_lost();
+                        if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE_CONNECTION) {
+                            backoff = Duration::from_millis(100);
+                        }
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
                     }
                 }
             }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use penwarden_influx::{LineBuilder, Writer};
+use penwarden_influx::{LineBuilder, RejectedLine, WriteReport, Writer};
 use penwarden_store::{IngestBatch, PenPlacement, QuarantineEntry, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -57,7 +57,8 @@ const OUTBOX_ROWS_PER_BATCH: i64 = 200;
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// With no messages arriving, how often acks that found the client's queue full are retried.
 const ACK_RETRY_INTERVAL: Duration = Duration::from_millis(20);
-/// With no messages arriving, how often the spool is drained.
+/// With no messages arriving, how often the outbox is read: the API adds derived points to it
+/// too (a lot recall's violations), and they must not wait for the next pen message.
 const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Service {
@@ -190,9 +191,10 @@ impl Committer {
         Ok(())
     }
 
-    /// Decodes the messages, commits what they say in one transaction (retrying a transient
-    /// store failure; nothing is acked meanwhile, so nothing is lost) and encodes their
-    /// telemetry.
+    /// Decodes the messages and commits what they say in one transaction (retrying a transient
+    /// store failure; nothing is acked meanwhile, so nothing is lost). A permanent failure is
+    /// narrowed down to the messages that cause it, which go to the quarantine; the rest of the
+    /// batch is committed.
     async fn commit_batch(
         &mut self,
         messages: Vec<Incoming>,
@@ -202,58 +204,108 @@ impl Committer {
         let received_ms = now_ms();
         let limits = self.options.limits();
         let directory = self.store.directory().clone();
-        let mut batch = IngestBatch { received_ms, ..IngestBatch::default() };
-        let mut telemetry_points = Vec::new();
-        for message in &messages {
+        let mut admitted = Vec::with_capacity(messages.len());
+        let mut quarantine = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
             let publish = &message.publish;
-            let decoded =
+            let decoded = if message.is_cut() {
+                Err(decode::oversized(&self.options.topic_root, &publish.topic, message.payload_len, &limits))
+            } else {
                 decode::decode(&self.options.topic_root, &publish.topic, &publish.payload, received_ms, &limits)
-                    .and_then(|decoded| self.admit(decoded, &mut batch));
-            let decoded = match decoded {
-                Ok(decoded) => {
-                    let lag_ms = received_ms - decoded.device_time_ms();
+            };
+            match decoded.and_then(|decoded| self.admit(decoded, index, received_ms)) {
+                Ok(message) => {
+                    let lag_ms = received_ms - message.decoded.device_time_ms();
                     metrics::histogram!("penwarden_ingest_lag_seconds").record(lag_ms as f64 / 1000.0);
-                    decoded
+                    admitted.push(message);
                 }
                 Err(rejection) => {
-                    batch.quarantine.push(quarantine_entry(received_ms, &publish.topic, &publish.payload, rejection));
-                    continue;
+                    let entry = quarantine_entry(received_ms, &publish.topic, &publish.payload, rejection);
+                    quarantine.push(QuarantineEntry { payload_len: message.payload_len, ..entry });
                 }
-            };
-            match decoded {
-                Decoded::Telemetry(telemetry) => {
-                    let placement = directory.get(&telemetry.pen).unwrap_or_default();
-                    self.stats.samples.fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
-                    let newest = telemetry.samples.iter().map(|s| s.time_unix_ms).max();
-                    batch.add_telemetry(&telemetry.pen, telemetry.seq, newest);
-                    telemetry_points.push((telemetry, placement));
-                }
-                Decoded::Event(event) => batch.events.push(event),
-                Decoded::State(state) => batch.states.push(state),
             }
         }
         metrics::counter!("penwarden_mqtt_messages_received_total").increment(messages.len() as u64);
-        for entry in &batch.quarantine {
+
+        // Commit everything at once; on a permanent failure, halves of a failing part, until the
+        // messages that fail alone are found (a few commits per bad message, none otherwise).
+        let mut derived_bytes = 0;
+        let mut committed: Vec<Admitted> = Vec::with_capacity(admitted.len());
+        let mut parts: Vec<(Vec<Admitted>, Vec<QuarantineEntry>)> = vec![(admitted, quarantine)];
+        while let Some((part, part_quarantine)) = parts.pop() {
+            let batch = ingest_batch(received_ms, &part, part_quarantine);
+            if batch.is_empty() {
+                continue;
+            }
+            match self.commit_retrying(&batch, &directory, shutdown).await {
+                Ok((effects, bytes)) => {
+                    derived_bytes += bytes;
+                    self.record_effects(&effects);
+                    self.record_quarantine(&batch.quarantine);
+                    committed.extend(part);
+                }
+                Err(Error::Store(e)) if part.len() > 1 => {
+                    tracing::warn!(error = %e, messages = part.len(), "store refused a batch; narrowing it down");
+                    let mut left = part;
+                    let right = left.split_off(left.len() / 2);
+                    // The quarantine entries go with the first half; the left half goes first.
+                    parts.push((right, Vec::new()));
+                    parts.push((left, batch.quarantine));
+                }
+                Err(Error::Store(e)) if part.len() == 1 => {
+                    let message = &messages[part[0].index];
+                    let rejection = Rejection {
+                        reason: "store_rejected",
+                        detail: format!("the store refused this message: {e}"),
+                        pen: Some(part[0].decoded.pen().to_string()),
+                    };
+                    let entry =
+                        quarantine_entry(received_ms, &message.publish.topic, &message.publish.payload, rejection);
+                    let mut entries = batch.quarantine;
+                    entries.push(QuarantineEntry { payload_len: message.payload_len, ..entry });
+                    parts.push((Vec::new(), entries));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        committed.sort_by_key(|message| message.index);
+        let telemetry = committed
+            .into_iter()
+            .filter_map(|message| match message.decoded {
+                Decoded::Telemetry(telemetry) => {
+                    let placement = directory.get(&telemetry.pen).unwrap_or_default();
+                    self.stats.samples.fetch_add(telemetry.samples.len() as u64, Ordering::Relaxed);
+                    Some((telemetry, placement))
+                }
+                _ => None,
+            })
+            .collect();
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(CommittedBatch { messages, telemetry, received_ms, derived_bytes, after_shutdown })
+    }
+
+    /// Commits, retrying while the store fails transiently; a permanent failure is returned.
+    async fn commit_retrying(
+        &mut self,
+        batch: &IngestBatch,
+        directory: &penwarden_store::PenDirectory,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(penwarden_store::Effects, u64), Error> {
+        let mut retry = StoreRetry::new();
+        loop {
+            match self.commit(batch, directory).await {
+                Err(Error::Store(e)) if e.is_transient() => retry.wait(e, shutdown).await?,
+                other => return other,
+            }
+        }
+    }
+
+    fn record_quarantine(&self, entries: &[QuarantineEntry]) {
+        for entry in entries {
             metrics::counter!("penwarden_messages_quarantined_total", "reason" => entry.reason).increment(1);
             tracing::warn!(reason = entry.reason, topic = %entry.topic, detail = %entry.detail, "message quarantined");
         }
-
-        let mut derived_bytes = 0;
-        if !batch.is_empty() {
-            let mut retry = StoreRetry::new();
-            let effects = loop {
-                match self.commit(&batch, &directory).await {
-                    Ok(applied) => break applied,
-                    Err(Error::Store(e)) if e.is_transient() => retry.wait(e, shutdown).await?,
-                    Err(e) => return Err(e),
-                }
-            };
-            derived_bytes = effects.1;
-            self.record_effects(&effects.0);
-        }
-        self.stats.quarantined.fetch_add(batch.quarantine.len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(CommittedBatch { messages, telemetry: telemetry_points, received_ms, derived_bytes, after_shutdown })
+        self.stats.quarantined.fetch_add(entries.len() as u64, Ordering::Relaxed);
     }
 
     fn record_effects(&self, effects: &penwarden_store::Effects) {
@@ -289,9 +341,9 @@ impl Committer {
 
     /// Floods and unknown pens are quarantined (unknown pens are registered on the fly when
     /// auto-registration is on).
-    fn admit(&mut self, decoded: Decoded, batch: &mut IngestBatch) -> Result<Decoded, Rejection> {
+    fn admit(&mut self, decoded: Decoded, index: usize, received_ms: i64) -> Result<Admitted, Rejection> {
         let pen = decoded.pen();
-        if !self.flood.allow(pen, batch.received_ms) {
+        if !self.flood.allow(pen, received_ms) {
             return Err(Rejection {
                 reason: "rate_limited",
                 detail: format!(
@@ -301,6 +353,7 @@ impl Committer {
                 pen: Some(pen.to_string()),
             });
         }
+        let mut register = false;
         if self.store.directory().get(pen).is_none() {
             if !self.options.auto_register_pens {
                 return Err(Rejection {
@@ -309,10 +362,37 @@ impl Committer {
                     pen: Some(pen.to_string()),
                 });
             }
-            batch.auto_register.insert(pen.clone());
+            register = true;
         }
-        Ok(decoded)
+        Ok(Admitted { index, decoded, register })
     }
+}
+
+/// A decoded message that passed admission, with its place in the batch.
+struct Admitted {
+    index: usize,
+    decoded: Decoded,
+    /// Its pen is unknown and auto-registration is on.
+    register: bool,
+}
+
+/// The store's view of some of a batch's messages.
+fn ingest_batch(received_ms: i64, part: &[Admitted], quarantine: Vec<QuarantineEntry>) -> IngestBatch {
+    let mut batch = IngestBatch { received_ms, quarantine, ..IngestBatch::default() };
+    for message in part {
+        if message.register {
+            batch.auto_register.insert(message.decoded.pen().clone());
+        }
+        match &message.decoded {
+            Decoded::Telemetry(telemetry) => {
+                let newest = telemetry.samples.iter().map(|s| s.time_unix_ms).max();
+                batch.add_telemetry(&telemetry.pen, telemetry.seq, newest);
+            }
+            Decoded::Event(event) => batch.events.push(event.clone()),
+            Decoded::State(state) => batch.states.push(state.clone()),
+        }
+    }
+    batch
 }
 
 /// Second stage: gets each committed batch's points into InfluxDB (or the spool), in commit
@@ -347,7 +427,7 @@ impl Delivery {
                     self.acker.flush();
                     continue;
                 }
-                _ = tokio::time::sleep(IDLE_DRAIN_INTERVAL), if self.spool_bytes > 0 => {
+                _ = tokio::time::sleep(IDLE_DRAIN_INTERVAL) => {
                     lines.clear();
                     self.deliver(&mut lines, now_ms(), &mut shutdown).await?;
                     continue;
@@ -425,6 +505,7 @@ impl Delivery {
             self.last_influx_attempt = Some(std::time::Instant::now());
             match self.writer.write(lines.as_str(), Some(patience), shutdown).await {
                 Ok(report) => {
+                    self.quarantine_rejected(&report, now_ms).await?;
                     if let Some(since) = self.influx_down_since.take() {
                         tracing::info!(
                             down_for_ms = now_ms - since,
@@ -466,6 +547,7 @@ impl Delivery {
                 "spool full: not acking until InfluxDB takes this batch (the broker keeps the messages)"
             );
             let report = self.writer.write(telemetry, None, shutdown).await?;
+            self.quarantine_rejected(&report, now_ms).await?;
             self.stats.points_written.fetch_add(report.lines as u64, Ordering::Relaxed);
             metrics::gauge!("penwarden_spool_full").set(0.0);
             return Ok(());
@@ -476,6 +558,27 @@ impl Delivery {
         self.stats.points_spooled.fetch_add(spooled, Ordering::Relaxed);
         metrics::counter!("penwarden_points_spooled_total").increment(spooled);
         self.report_spool(oldest.or(Some(now_ms)), now_ms);
+        Ok(())
+    }
+
+    /// Lines InfluxDB refused for good go to the quarantine with its reason, before the
+    /// messages that made them are acked: a refused line is never only a log line.
+    async fn quarantine_rejected(&self, report: &WriteReport, now_ms: i64) -> Result<(), Error> {
+        if report.rejections.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<QuarantineEntry> = report.rejections.iter().map(|r| influx_rejection(r, now_ms)).collect();
+        self.store.quarantine(&entries).await?;
+        metrics::counter!("penwarden_messages_quarantined_total", "reason" => INFLUX_REJECTED)
+            .increment(entries.len() as u64);
+        self.stats.quarantined.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let example = &report.rejections[0];
+        tracing::warn!(
+            lines = entries.len(),
+            status = example.status,
+            reason = %example.reason,
+            "InfluxDB refused lines; they are in the quarantine (reason influx_rejected)"
+        );
         Ok(())
     }
 
@@ -515,6 +618,22 @@ impl StoreRetry {
 /// birth/death state do not raise violations.
 fn is_device_event(message: &Incoming) -> bool {
     message.publish.topic.ends_with("/events")
+}
+
+const INFLUX_REJECTED: &str = "influx_rejected";
+
+/// The quarantine entry of a line InfluxDB refused: its measurement as the topic, its pen tag
+/// as the pen (when the line can be read back), InfluxDB's reason as the detail.
+fn influx_rejection(rejected: &RejectedLine, now_ms: i64) -> QuarantineEntry {
+    let parsed = penwarden_influx::line::parse_line(&rejected.line).ok();
+    let measurement = parsed.as_ref().map_or_else(
+        || rejected.line.split([',', ' ']).next().unwrap_or_default().to_owned(),
+        |p| p.measurement.clone(),
+    );
+    let pen = parsed.and_then(|p| p.tags.into_iter().find(|(key, _)| key == "pen").map(|(_, pen)| pen));
+    let detail = format!("InfluxDB answered {}: {}", rejected.status, rejected.reason);
+    let rejection = Rejection { reason: INFLUX_REJECTED, detail, pen };
+    quarantine_entry(now_ms, &measurement, rejected.line.as_bytes(), rejection)
 }
 
 fn quarantine_entry(received_ms: i64, topic: &str, payload: &[u8], rejection: Rejection) -> QuarantineEntry {

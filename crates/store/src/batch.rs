@@ -184,19 +184,7 @@ impl Store {
         }
 
         for entry in &batch.quarantine {
-            sqlx::query(
-                "INSERT INTO quarantine (received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(entry.received_ms)
-            .bind(&entry.topic)
-            .bind(&entry.pen)
-            .bind(entry.reason)
-            .bind(&entry.detail)
-            .bind(&entry.payload_excerpt)
-            .bind(entry.payload_len as i64)
-            .execute(&mut *tx)
-            .await?;
+            insert_quarantine(&mut tx, entry).await?;
         }
         effects.quarantined = batch.quarantine.len();
 
@@ -319,6 +307,16 @@ impl Store {
         Ok(effects)
     }
 
+    /// Quarantines what went wrong after its batch was committed (a line InfluxDB refused).
+    pub async fn quarantine(&self, entries: &[QuarantineEntry]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for entry in entries {
+            insert_quarantine(&mut tx, entry).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Oldest outbox rows first, at most `limit`.
     pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>> {
         let rows = sqlx::query("SELECT id, lines, created_ms FROM influx_outbox ORDER BY id LIMIT ?")
@@ -351,6 +349,23 @@ impl Store {
             .await?;
         Ok(bytes.max(0) as u64)
     }
+}
+
+async fn insert_quarantine(connection: &mut sqlx::SqliteConnection, entry: &QuarantineEntry) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO quarantine (received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(entry.received_ms)
+    .bind(&entry.topic)
+    .bind(&entry.pen)
+    .bind(entry.reason)
+    .bind(&entry.detail)
+    .bind(&entry.payload_excerpt)
+    .bind(entry.payload_len as i64)
+    .execute(connection)
+    .await?;
+    Ok(())
 }
 
 /// Lines waiting for InfluxDB: derived points, and telemetry spooled during an outage.

@@ -49,11 +49,61 @@ pub enum Error {
 }
 
 impl Error {
-    /// True when the database itself is failing (full disk, I/O), so retrying later may help.
+    /// True when the database itself is failing (busy, locked, full disk, I/O, connection
+    /// lost), so retrying later may help. Anything else (a constraint, a type, a statement the
+    /// data makes fail) fails the same way every time: ingest then finds the message that
+    /// causes it and quarantines it instead of retrying for ever.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Database(_))
+        match self {
+            Error::Database(error) => is_transient(error),
+            _ => false,
+        }
     }
 }
+
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database) => {
+            // SQLite's primary result code is the low byte of the extended one.
+            let primary = database.code().and_then(|code| code.parse::<i32>().ok()).map(|code| code & 0xff);
+            matches!(
+                primary,
+                Some(
+                    SQLITE_BUSY
+                        | SQLITE_LOCKED
+                        | SQLITE_NOMEM
+                        | SQLITE_READONLY
+                        | SQLITE_IOERR
+                        | SQLITE_CORRUPT
+                        | SQLITE_FULL
+                        | SQLITE_CANTOPEN
+                        | SQLITE_PROTOCOL
+                        | SQLITE_NOTADB
+                )
+            )
+        }
+        _ => false,
+    }
+}
+
+// SQLite's primary result codes (https://www.sqlite.org/rescode.html) that say the database
+// or its disk is failing, not the data. READONLY, CORRUPT and NOTADB are not passing states,
+// but quarantining every message because of them would be worse than waiting for an operator.
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_NOMEM: i32 = 7;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_PROTOCOL: i32 = 15;
+const SQLITE_NOTADB: i32 = 26;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -135,6 +185,27 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_of_the_data_are_permanent_failures_of_the_database_transient() {
+        let (store, _dir) = test_support::temp_store().await;
+        let constraint = sqlx::query("INSERT INTO chains (chain_id, name, created_ms) VALUES ('c', NULL, 1)")
+            .execute(&store.writer)
+            .await
+            .unwrap_err();
+        assert!(!Error::from(constraint).is_transient());
+        let syntax = sqlx::query("SELECT FROM nowhere").execute(&store.pool).await.unwrap_err();
+        assert!(!Error::from(syntax).is_transient());
+        assert!(!Error::NotFound("pen P1".into()).is_transient());
+        store.close().await;
+        let closed = sqlx::query("SELECT 1").execute(&store.pool).await.unwrap_err();
+        assert!(Error::from(closed).is_transient());
     }
 }
 

@@ -5,6 +5,7 @@
 mod api;
 mod common;
 mod faults;
+mod line_protocol;
 mod pipeline;
 mod poison;
 mod protocol;

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{check_place_filters, Authenticator};
 use crate::paging::{finish_page, page_size, parse_page_token, time_range};
-use crate::status::{from_store, optional, required};
+use crate::status::{from_store, invalid_argument, optional, required};
 
 /// Changes sent to a watcher per store read; more are read at once if there were more.
 const WATCH_BATCH: u32 = 500;
@@ -38,12 +38,10 @@ impl ComplianceApi {
 
 fn cartridge_key(request: &pb::GetCartridgeRequest) -> Result<CartridgeKey, Status> {
     if !request.udi.is_empty() {
-        return Udi::parse(&request.udi)
-            .map(|udi| udi.key())
-            .map_err(|e| Status::invalid_argument(format!("udi: {e}")));
+        return Udi::parse(&request.udi).map(|udi| udi.key()).map_err(|e| invalid_argument(format!("udi: {e}")));
     }
     if request.gtin.is_empty() || request.serial.is_empty() {
-        return Err(Status::invalid_argument("give either udi, or both gtin and serial"));
+        return Err(invalid_argument("give either udi, or both gtin and serial"));
     }
     Ok(CartridgeKey { gtin: request.gtin.clone(), serial: request.serial.clone() })
 }
@@ -102,7 +100,7 @@ fn narrowed(
     pen_serial: &str,
 ) -> Result<ViolationFilter, Status> {
     if !rule.is_empty() && Rule::from_id(rule).is_none() {
-        return Err(Status::invalid_argument(format!("unknown rule {rule:?}")));
+        return Err(invalid_argument(format!("unknown rule {rule:?}")));
     }
     Ok(ViolationFilter {
         scope,
@@ -137,7 +135,7 @@ fn parse_cursor(cursor: &str) -> Result<Option<i64>, Status> {
         .and_then(|n| n.parse::<i64>().ok())
         .filter(|n| *n >= 0)
         .map(Some)
-        .ok_or_else(|| Status::invalid_argument("cursor is not one this server issued"))
+        .ok_or_else(|| invalid_argument("cursor is not one this server issued"))
 }
 
 fn watch_filter(request: &pb::WatchViolationsRequest, scope: Scope) -> Result<ViolationFilter, Status> {
@@ -311,7 +309,7 @@ impl ComplianceService for ComplianceApi {
         let scope = self.auth.scope(&request).await?;
         let request = request.into_inner();
         if request.gtin.is_empty() || request.lot.is_empty() {
-            return Err(Status::invalid_argument("gtin and lot are required"));
+            return Err(invalid_argument("gtin and lot are required"));
         }
         let page_size = page_size(request.page_size)?;
         // Sessions of a lot page by position (oldest first); the token holds the offset.
@@ -358,7 +356,7 @@ impl ComplianceService for ComplianceApi {
         let clinic = optional("clinic_id", &request.clinic_id, ClinicId::parse)?;
         let chain = optional("chain_id", &request.chain_id, ChainId::parse)?;
         if clinic.is_some() && chain.is_some() {
-            return Err(Status::invalid_argument("give clinic_id or chain_id, not both"));
+            return Err(invalid_argument("give clinic_id or chain_id, not both"));
         }
         let (from_ms, to_ms) = time_range(request.from_unix_ms, request.to_unix_ms)?;
         let filter = ReportFilter {

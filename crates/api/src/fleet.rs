@@ -11,7 +11,7 @@ use penwarden_store::{LotRow, PenRow, Store};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{check_place_filters, require_admin, Authenticator};
-use crate::status::{from_store, optional, required};
+use crate::status::{from_store, invalid_argument, optional, required};
 
 /// Turns what a change to the record caused into time-series lines (wired by the binary, so
 /// the API does not know the InfluxDB schema).
@@ -46,7 +46,7 @@ fn acting_manufacturer(scope: &Scope, requested: &str) -> Result<String, Status>
 fn valid_gtin(gtin: &str) -> Result<(), Status> {
     let digits = gtin.len() == 14 && gtin.bytes().all(|b| b.is_ascii_digit());
     if !digits || penwarden_domain::udi::gtin_check_digit(&gtin.as_bytes()[..13]) != gtin.as_bytes()[13] - b'0' {
-        return Err(Status::invalid_argument(format!("gtin {gtin:?} is not a GTIN-14 with a valid check digit")));
+        return Err(invalid_argument(format!("gtin {gtin:?} is not a GTIN-14 with a valid check digit")));
     }
     Ok(())
 }
@@ -58,7 +58,7 @@ fn valid_date(date: &str) -> Result<(), Status> {
             .iter()
             .zip(&parts)
             .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_digit()));
-    ok.then_some(()).ok_or_else(|| Status::invalid_argument(format!("expiry {date:?} must be YYYY-MM-DD")))
+    ok.then_some(()).ok_or_else(|| invalid_argument(format!("expiry {date:?} must be YYYY-MM-DD")))
 }
 
 fn now_ms() -> i64 {
@@ -188,10 +188,10 @@ impl FleetService for FleetApi {
             return Err(denied("this lot", &scope));
         }
         if request.lot.is_empty() || request.lot.len() > 20 {
-            return Err(Status::invalid_argument("lot must be 1 to 20 characters"));
+            return Err(invalid_argument("lot must be 1 to 20 characters"));
         }
         if request.manufacturer_id.is_empty() {
-            return Err(Status::invalid_argument("manufacturer_id is required"));
+            return Err(invalid_argument("manufacturer_id is required"));
         }
         let lot = LotRow {
             gtin: request.gtin,
@@ -221,8 +221,8 @@ impl FleetService for FleetApi {
         }
         let request = request.into_inner();
         let operator = required("operator_id", &request.operator_id, OperatorId::parse)?;
-        let level = u8::try_from(request.licence_level)
-            .map_err(|_| Status::invalid_argument("licence_level must be 1, 2 or 3"))?;
+        let level =
+            u8::try_from(request.licence_level).map_err(|_| invalid_argument("licence_level must be 1, 2 or 3"))?;
         self.store.register_operator(&operator, level, now_ms()).await.map_err(from_store)?;
         Ok(Response::new(pb::Operator { operator_id: operator.to_string(), licence_level: request.licence_level }))
     }

@@ -2,6 +2,8 @@
 
 use tonic::Status;
 
+use crate::status::invalid_argument;
+
 pub(crate) const DEFAULT_PAGE_SIZE: u32 = 100;
 pub(crate) const MAX_PAGE_SIZE: u32 = 1000;
 
@@ -9,9 +11,7 @@ pub(crate) const MAX_PAGE_SIZE: u32 = 1000;
 pub(crate) fn page_size(requested: u32) -> Result<u32, Status> {
     match requested {
         0 => Ok(DEFAULT_PAGE_SIZE),
-        size if size > MAX_PAGE_SIZE => {
-            Err(Status::invalid_argument(format!("page_size must be at most {MAX_PAGE_SIZE}")))
-        }
+        size if size > MAX_PAGE_SIZE => Err(invalid_argument(format!("page_size must be at most {MAX_PAGE_SIZE}"))),
         size => Ok(size),
     }
 }
@@ -25,7 +25,7 @@ pub(crate) fn parse_page_token(token: &str) -> Result<Option<i64>, Status> {
         .strip_prefix("v1.")
         .and_then(|id| id.parse::<i64>().ok())
         .map(Some)
-        .ok_or_else(|| Status::invalid_argument("page_token is not one this server issued"))
+        .ok_or_else(|| invalid_argument("page_token is not one this server issued"))
 }
 
 /// Trims `rows` (fetched with one extra row) to `page_size` and returns the next page token,
@@ -45,7 +45,7 @@ pub(crate) fn time_range(from: i64, to: i64) -> Result<(Option<i64>, Option<i64>
     let to = (to != 0).then_some(to);
     if let (Some(from), Some(to)) = (from, to) {
         if from >= to {
-            return Err(Status::invalid_argument("from_unix_ms must be before to_unix_ms"));
+            return Err(invalid_argument("from_unix_ms must be before to_unix_ms"));
         }
     }
     Ok((from, to))

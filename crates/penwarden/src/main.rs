@@ -109,9 +109,39 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // One clear line, not a backtrace: the chain of causes joined.
-            eprintln!("penwarden: error: {error:#}");
+            eprintln!("penwarden: error: {}", one_line(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One clear line, not a backtrace: the chain of causes joined, each said once (many errors
+/// quote their cause in their own message as well as carrying it as a source).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::other("unable to open database file");
+        let error = anyhow::Error::new(io).context("cannot open database sqlite:x: unable to open database file");
+        assert_eq!(one_line(&error), "cannot open database sqlite:x: unable to open database file");
+        let error = anyhow::anyhow!("disk full").context("store write failed");
+        assert_eq!(one_line(&error), "store write failed: disk full");
     }
 }

@@ -1,8 +1,8 @@
 # Builds penwarden and pensim; the runtime image holds only the binaries.
-FROM rust:1.87-bookworm AS build
+FROM rust:1.88-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bins
+RUN cargo build --release --locked --bins
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*

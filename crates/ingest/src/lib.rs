@@ -16,12 +16,12 @@ pub mod topic;
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use mqtt::MqttAddress;
 pub use pipeline::{Error, Service, Stats};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
     /// `mqtt://host:port`.

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Config {
     pub(crate) ingest: penwarden_ingest::Options,
@@ -18,14 +18,14 @@ pub(crate) struct Config {
     pub(crate) compliance: penwarden_domain::compliance::Thresholds,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct StoreConfig {
     /// `sqlite:PATH` (PostgreSQL comes later).
     pub(crate) url: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ApiConfig {
     pub(crate) grpc_addr: SocketAddr,
@@ -33,7 +33,7 @@ pub(crate) struct ApiConfig {
     pub(crate) shutdown_deadline_s: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct MetricsConfig {
     pub(crate) addr: Option<SocketAddr>,
@@ -147,6 +147,49 @@ mod tests {
         assert!(err.contains("PENWARDEN_INFLUX_API"), "{err}");
         let err = Config::load(None, env(&[("PENWARDEN_AUTO_REGISTER_PENS", "yes")])).unwrap_err();
         assert!(err.contains("PENWARDEN_AUTO_REGISTER_PENS"), "{err}");
+    }
+
+    /// Every key of the configuration, as `section.key` paths (unset optional keys have none).
+    fn key_paths(value: &toml::Value, prefix: &str, paths: &mut Vec<String>) {
+        if let toml::Value::Table(table) = value {
+            for (key, value) in table {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                key_paths(value, &path, paths);
+                if !value.is_table() {
+                    paths.push(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_file_shows_every_key_with_its_default() {
+        let example_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/penwarden.example.toml");
+        let example_text = std::fs::read_to_string(&example_path).unwrap();
+        // Optional keys are shown commented out; uncommented, they must still be valid keys.
+        let uncommented: String = example_text
+            .lines()
+            .map(|line| line.strip_prefix("# ").filter(|rest| rest.contains(" = ")).unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let example: toml::Value = toml::from_str(&uncommented).unwrap();
+        let example_config: Config = toml::from_str(&uncommented).expect("the example file is a valid configuration");
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let (mut expected, mut shown) = (Vec::new(), Vec::new());
+        key_paths(&defaults, "", &mut expected);
+        key_paths(&example, "", &mut shown);
+        for path in &expected {
+            assert!(shown.contains(path), "deploy/penwarden.example.toml lacks the key {path}");
+        }
+        let mut optional = vec!["metrics.addr".to_string()];
+        optional.extend(expected.iter().cloned());
+        for path in &shown {
+            assert!(optional.contains(path), "deploy/penwarden.example.toml shows an unknown key {path}");
+        }
+        // Shown with their defaults (only the optional keys, shown as examples, differ).
+        let mut example_defaults = example_config;
+        example_defaults.metrics.addr = None;
+        assert_eq!(toml::Value::try_from(example_defaults).unwrap(), defaults, "example values differ from defaults");
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Thresholds of the session rules, with the defaults and the reasoning behind them
 //! (docs/compliance-rules.md repeats them for operators).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::TreatmentArea;
 
 /// Maximum needle depth per treatment area, in mm. Defaults follow common clinical practice
 /// for collagen induction: thin skin near the eyes and mouth tolerates far less than the body.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AreaDepthLimits {
     pub forehead: f64,
@@ -54,7 +54,7 @@ impl AreaDepthLimits {
 
 /// Maximum depth an operator may use by licence level, in mm. Level 1 (aesthetician, cosmetic
 /// depths only), level 2 (licensed nurse or therapist), level 3 (physician: the full range).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LicenceDepthLimits {
     pub level_1: f64,
@@ -80,7 +80,7 @@ impl LicenceDepthLimits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Thresholds {
     /// Motor run time one cartridge may see, in seconds. Needle tips dull with strokes; a full-

@@ -251,3 +251,37 @@ async fn a_recall_reaches_influxdb_while_no_pen_sends() {
     assert_eq!(recalled, 1);
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_far_ahead_cannot_make_a_pen_ready_for_good() {
+    let (mosquitto, _influxd, mut penwarden, _) = start(&[("P1", "SP-2")]).await;
+    let mut publisher = Publisher::connect(mosquitto.port).await;
+    let t0 = now_ms() - 60_000;
+    let started = wire::pen_event::Kind::SessionStarted(wire::SessionStarted {
+        session_id: "s1".into(),
+        cartridge_udi: CARTRIDGE.into(),
+        ..Default::default()
+    });
+    let ended =
+        wire::pen_event::Kind::SessionEnded(wire::SessionEnded { session_id: "s1".into(), ..Default::default() });
+    let wipe = wire::pen_event::Kind::PenDisinfected(wire::PenDisinfected { method: 1, sheath_changed: true });
+    publisher.publish("pw/v1/pens/P1/events", event("P1", 1, t0, started)).await;
+    publisher.publish("pw/v1/pens/P1/events", event("P1", 2, t0 + 1000, ended)).await;
+    publisher.publish("pw/v1/pens/P1/events", event("P1", i64::MAX as u64, t0 + 2000, wipe)).await;
+
+    let listed = wait_for("the far-ahead seq in the quarantine", Duration::from_secs(30), || async {
+        let listed = quarantine(&penwarden).await;
+        (!listed.messages.is_empty()).then_some(listed)
+    })
+    .await;
+    assert_eq!(listed.messages[0].reason, "seq_out_of_range", "{listed:?}");
+    let mut compliance = penwarden.compliance().await;
+    let sterility = compliance
+        .get_pen_sterility(api::GetPenSterilityRequest { pen_serial: "P1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!sterility.ready_to_treat, "{sterility:?}");
+    assert_eq!(sterility.reasons, ["no disinfection with sheath change since session s1 ended"]);
+    assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
+}

@@ -47,6 +47,16 @@ pub enum Decoded {
 }
 
 impl Decoded {
+    /// The pen's sequence number of the message; none for state messages (a last will is
+    /// composed at connect time).
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Decoded::Telemetry(t) => Some(t.seq),
+            Decoded::Event(e) => Some(e.seq),
+            Decoded::State(_) => None,
+        }
+    }
+
     pub fn pen(&self) -> &PenSerial {
         match self {
             Decoded::Telemetry(t) => &t.pen,

@@ -48,6 +48,10 @@ pub struct Options {
     pub flood_burst: u32,
     /// Sustained messages per second one pen may send beyond the burst (a pen sends about 2).
     pub flood_rate_per_s: u32,
+    /// How far a message's seq may be ahead of the highest its pen has sent (from 0 for a pen
+    /// not heard of yet); beyond it the message is quarantined (`seq_out_of_range`). A seq
+    /// near 2^63 would otherwise outrank every later message of the pen for good.
+    pub max_seq_jump: u64,
 }
 
 impl Default for Options {
@@ -66,6 +70,7 @@ impl Default for Options {
             spool_max_bytes: 1 << 30,
             flood_burst: 20_000,
             flood_rate_per_s: 200,
+            max_seq_jump: 100_000_000,
         }
     }
 }

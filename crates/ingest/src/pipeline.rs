@@ -1,9 +1,11 @@
 //! Batches messages and makes their effects durable before acking them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use penwarden_domain::PenSerial;
 use penwarden_influx::{LineBuilder, RejectedLine, WriteReport, Writer};
 use penwarden_store::{IngestBatch, PenPlacement, QuarantineEntry, Store};
 use tokio::sync::{mpsc, watch};
@@ -49,6 +51,7 @@ pub struct Service {
     writer: Arc<Writer>,
     stats: Arc<Stats>,
     spool_bytes: u64,
+    highest_seqs: HashMap<PenSerial, u64>,
 }
 
 const QUARANTINE_EXCERPT_BYTES: usize = 256;
@@ -68,11 +71,12 @@ impl Service {
             return Err(Error::Config("batch_max_messages must be at least 1".into()));
         }
         let spool_bytes = store.outbox_bytes().await?;
+        let highest_seqs = store.highest_seqs().await?;
         if spool_bytes > 0 {
             tracing::info!(spool_bytes, "points from before the last stop are waiting for InfluxDB");
         }
         let connection = Connection::open(&options).await?;
-        Ok(Service { options, connection, store, writer, stats: Arc::default(), spool_bytes })
+        Ok(Service { options, connection, store, writer, stats: Arc::default(), spool_bytes, highest_seqs })
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -103,7 +107,13 @@ impl Service {
             last_influx_attempt: None,
         };
         let delivery = tokio::spawn(delivery.run(committed, shutdown.clone()));
-        let committer = Committer { options: self.options, store: self.store, stats: self.stats, flood };
+        let committer = Committer {
+            options: self.options,
+            store: self.store,
+            stats: self.stats,
+            flood,
+            highest_seqs: self.highest_seqs,
+        };
         tokio::spawn(async move {
             let committed = committer.run(receive, shutdown, deliver).await;
             let delivered = delivery.await.unwrap_or_else(|e| Err(Error::Unreachable(format!("delivery task: {e}"))));
@@ -134,6 +144,8 @@ struct Committer {
     store: Store,
     stats: Arc<Stats>,
     flood: crate::flood::FloodGuard,
+    /// Each registered pen's highest seq admitted so far, for `max_seq_jump`.
+    highest_seqs: HashMap<PenSerial, u64>,
 }
 
 const LINE_BUFFER_BYTES: usize = 1 << 20;
@@ -363,6 +375,26 @@ impl Committer {
                 });
             }
             register = true;
+        }
+        if let Some(seq) = decoded.seq() {
+            let highest = self.highest_seqs.get(pen).copied().unwrap_or(0);
+            if seq > highest.saturating_add(self.options.max_seq_jump) {
+                return Err(Rejection {
+                    reason: "seq_out_of_range",
+                    detail: format!(
+                        "seq {seq} is more than {} ahead of the highest seq pen {pen} has sent ({highest})",
+                        self.options.max_seq_jump
+                    ),
+                    pen: Some(pen.to_string()),
+                });
+            }
+            // The serial is cloned once per pen, not per message.
+            match self.highest_seqs.get_mut(pen) {
+                Some(known) => *known = (*known).max(seq),
+                None => {
+                    self.highest_seqs.insert(pen.clone(), seq);
+                }
+            }
         }
         Ok(Admitted { index, decoded, register })
     }

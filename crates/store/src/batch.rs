@@ -317,6 +317,17 @@ impl Store {
         Ok(())
     }
 
+    /// Each pen's highest sequence number received so far.
+    pub async fn highest_seqs(&self) -> Result<std::collections::HashMap<PenSerial, u64>> {
+        let rows = sqlx::query("SELECT pen_serial, MAX(last_seq) FROM received_seq_runs GROUP BY pen_serial")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| Some((PenSerial::parse(row.get(0)).ok()?, row.get::<i64, _>(1).max(0) as u64)))
+            .collect())
+    }
+
     /// Oldest outbox rows first, at most `limit`.
     pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>> {
         let rows = sqlx::query("SELECT id, lines, created_ms FROM influx_outbox ORDER BY id LIMIT ?")
@@ -573,13 +584,17 @@ async fn cartridge_uses(tx: &mut Transaction<'_, Sqlite>, key: &CartridgeKey) ->
 
 /// The facts of one pen from the last session start before `min_seq` on: enough to re-judge
 /// every session a new fact at `min_seq` or later can affect. Returns whether it is anchored.
-async fn pen_window(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, min_seq: u64) -> Result<(Vec<PenFact>, bool)> {
+pub(crate) async fn pen_window(
+    connection: &mut sqlx::SqliteConnection,
+    pen: &PenSerial,
+    min_seq: u64,
+) -> Result<(Vec<PenFact>, bool)> {
     let anchor: Option<i64> = sqlx::query_scalar(
         "SELECT MAX(seq) FROM pen_events WHERE pen_serial = ? AND kind = 'session_started' AND seq < ?",
     )
     .bind(pen.as_str())
     .bind(min_seq as i64)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *connection)
     .await?;
     let rows = sqlx::query(
         "SELECT seq, kind, session_id, sheath_changed FROM pen_events
@@ -588,7 +603,7 @@ async fn pen_window(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, min_seq: 
     )
     .bind(pen.as_str())
     .bind(anchor.unwrap_or(0))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *connection)
     .await?;
     let facts = rows
         .iter()

@@ -1,7 +1,7 @@
 //! Reads for the API: cartridges, pen sterility, violations.
 
 use penwarden_domain::access::Scope;
-use penwarden_domain::compliance::{session_verdict, Rule, Verdict};
+use penwarden_domain::compliance::{readiness, session_verdict, Rule, Verdict};
 use penwarden_domain::{CartridgeKey, PenSerial};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -205,51 +205,39 @@ impl Store {
         })
     }
 
+    /// Whether the pen may treat now, and why not: PEN_NOT_DISINFECTED's own walk over the pen's
+    /// history since its last session started, so the API and the rule never disagree.
     pub async fn pen_sterility(&self, pen: &PenSerial, scope: &Scope) -> Result<PenSterilityView> {
         self.pen_in_scope(pen, scope).await?;
-        let last_session = sqlx::query(
-            "SELECT session_id, start_seq, end_seq, ended_ms FROM sessions
-             WHERE pen_serial = ? AND start_seq IS NOT NULL ORDER BY start_seq DESC LIMIT 1",
+        let mut connection = self.pool.acquire().await?;
+        // Everything from the last session start on (min_seq beyond any seq: the window's
+        // anchor is the pen's last session start).
+        let (facts, _) = crate::batch::pen_window(&mut connection, pen, i64::MAX as u64).await?;
+        let reasons = readiness(pen, &facts);
+        let last_session_ended_ms = sqlx::query_scalar(
+            "SELECT ended_ms FROM sessions WHERE pen_serial = ? AND start_seq IS NOT NULL ORDER BY start_seq DESC LIMIT 1",
         )
         .bind(pen.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(&mut *connection)
+        .await?
+        .flatten();
         let last_disinfection = sqlx::query(
-            "SELECT seq, device_time_ms, sheath_changed FROM pen_events
+            "SELECT device_time_ms, sheath_changed FROM pen_events
              WHERE pen_serial = ? AND kind = 'disinfected' ORDER BY seq DESC LIMIT 1",
         )
         .bind(pen.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *connection)
         .await?;
-        let mut view = PenSterilityView {
+        Ok(PenSterilityView {
             pen_serial: pen.to_string(),
-            ready_to_treat: true,
-            reasons: Vec::new(),
-            last_session_ended_ms: None,
-            last_disinfected_ms: last_disinfection.as_ref().map(|r| r.get(1)),
+            ready_to_treat: reasons.is_empty(),
+            reasons,
+            last_session_ended_ms,
+            last_disinfected_ms: last_disinfection.as_ref().map(|r| r.get(0)),
             last_disinfection_changed_sheath: last_disinfection
                 .as_ref()
-                .is_some_and(|r| r.get::<Option<bool>, _>(2).unwrap_or(false)),
-        };
-        if let Some(session) = last_session {
-            let session_id: String = session.get(0);
-            let end_seq: Option<i64> = session.get(2);
-            view.last_session_ended_ms = session.get(3);
-            match end_seq {
-                None => view.reasons.push(format!("session {session_id} has not ended")),
-                Some(end_seq) => {
-                    let clean_since_end = last_disinfection
-                        .as_ref()
-                        .is_some_and(|r| r.get::<i64, _>(0) > end_seq && view.last_disinfection_changed_sheath);
-                    if !clean_since_end {
-                        view.reasons
-                            .push(format!("no disinfection with sheath change since session {session_id} ended"));
-                    }
-                }
-            }
-        }
-        view.ready_to_treat = view.reasons.is_empty();
-        Ok(view)
+                .is_some_and(|r| r.get::<Option<bool>, _>(1).unwrap_or(false)),
+        })
     }
 
     /// Violations newest first (by id), filtered.

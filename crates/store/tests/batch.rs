@@ -170,6 +170,26 @@ async fn disinfection_arriving_late_retracts_the_violation_visibly() {
 }
 
 #[tokio::test]
+async fn pen_sterility_answers_what_the_rule_would_judge() {
+    let (store, _dir) = store().await;
+    let udi = |serial: &str| format!("(01)09506000134352(17)301231(10)L(21){serial}");
+    apply(&store, vec![start("P1", 1, 100, "a", &udi("S1")), end("P1", 2, 200, "a"), wipe("P1", 3, 300)]).await;
+    // A wipe without a sheath change after one with it: the rule passes the next session, so
+    // the pen is ready.
+    let mut sheathless = wipe("P1", 4, 400);
+    sheathless.event = DeviceEvent::Disinfected { method: DisinfectionMethod::AlcoholWipe, sheath_changed: false };
+    apply(&store, vec![sheathless]).await;
+    let sterility = store.pen_sterility(&pen("P1"), &Scope::All).await.unwrap();
+    assert!(sterility.ready_to_treat, "{sterility:?}");
+    assert!(!sterility.last_disinfection_changed_sheath, "the newest wipe is reported as it was");
+    apply(&store, vec![start("P1", 5, 500, "b", &udi("S2"))]).await;
+    assert!(active(&store, "PEN_NOT_DISINFECTED").await.is_empty(), "the rule agrees: b is compliant");
+    apply(&store, vec![end("P1", 6, 600, "b")]).await;
+    let sterility = store.pen_sterility(&pen("P1"), &Scope::All).await.unwrap();
+    assert_eq!(sterility.reasons, ["no disinfection with sheath change since session b ended"]);
+}
+
+#[tokio::test]
 async fn outbox_lines_commit_with_the_batch() {
     let (store, _dir) = store().await;
     let mut batch = IngestBatch { received_ms: 1, events: vec![start("P1", 1, 100, "a", UDI)], ..Default::default() };

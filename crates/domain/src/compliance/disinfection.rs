@@ -21,6 +21,49 @@ pub struct PenFact {
     pub kind: PenFactKind,
 }
 
+/// Where a pen stands after some of its history, read in sequence order: the one walk both the
+/// rule and the readiness question take, so they cannot disagree.
+#[derive(Debug, Default)]
+struct Walk<'a> {
+    previous_session: Option<&'a SessionId>,
+    previous_ended: bool,
+    disinfected_since_previous: bool,
+}
+
+impl<'a> Walk<'a> {
+    /// Would a session starting now violate the rule? The explanation, if so.
+    fn next_session_violation(&self, pen: &PenSerial) -> Option<String> {
+        match self.previous_session {
+            Some(previous) if !self.disinfected_since_previous => Some(format!(
+                "no disinfection with sheath change was logged on pen {pen} between session {previous} and this session"
+            )),
+            _ => None,
+        }
+    }
+
+    fn step(&mut self, fact: &'a PenFact) {
+        match &fact.kind {
+            PenFactKind::SessionStarted(session_id) => {
+                self.previous_session = Some(session_id);
+                self.previous_ended = false;
+                self.disinfected_since_previous = false;
+            }
+            // Wiping a pen while it treats does not count: only after the session ends.
+            PenFactKind::SessionEnded(_) => {
+                self.previous_ended = true;
+                self.disinfected_since_previous = false;
+            }
+            PenFactKind::Disinfected { sheath_changed } => self.disinfected_since_previous |= *sheath_changed,
+        }
+    }
+}
+
+fn in_sequence_order(facts: &[PenFact]) -> Vec<&PenFact> {
+    let mut ordered: Vec<&PenFact> = facts.iter().collect();
+    ordered.sort_by_key(|fact| fact.seq);
+    ordered
+}
+
 /// Judges the session starts in a window of one pen's history.
 ///
 /// `facts` may come in any order; they are judged in sequence order. When `anchored` is true,
@@ -29,40 +72,41 @@ pub struct PenFact {
 /// pen's first session). Sessions started before anything else is known are compliant: there is
 /// no previous client to protect the next one from.
 pub fn judge_disinfection(pen: &PenSerial, facts: &[PenFact], anchored: bool) -> Vec<Judgement> {
-    let mut ordered: Vec<&PenFact> = facts.iter().collect();
-    ordered.sort_by_key(|fact| fact.seq);
-
     let mut judgements = Vec::new();
-    let mut previous_session: Option<&SessionId> = None;
-    let mut disinfected_since_previous = false;
+    let mut walk = Walk::default();
     let mut anchor_pending = anchored;
-    for fact in ordered {
-        match &fact.kind {
-            PenFactKind::SessionStarted(session_id) => {
-                if anchor_pending {
-                    anchor_pending = false;
-                } else {
-                    let explanation = match previous_session {
-                        Some(previous) if !disinfected_since_previous => Some(format!(
-                            "no disinfection with sheath change was logged on pen {pen} between session {previous} and this session"
-                        )),
-                        _ => None,
-                    };
-                    judgements.push(Judgement {
-                        rule: Rule::PenNotDisinfected,
-                        session: SessionRef { pen: pen.clone(), session_id: session_id.clone() },
-                        explanation,
-                    });
-                }
-                previous_session = Some(session_id);
-                disinfected_since_previous = false;
+    for fact in in_sequence_order(facts) {
+        if let PenFactKind::SessionStarted(session_id) = &fact.kind {
+            if anchor_pending {
+                anchor_pending = false;
+            } else {
+                judgements.push(Judgement {
+                    rule: Rule::PenNotDisinfected,
+                    session: SessionRef { pen: pen.clone(), session_id: session_id.clone() },
+                    explanation: walk.next_session_violation(pen),
+                });
             }
-            // Wiping a pen while it treats does not count: only after the session ends.
-            PenFactKind::SessionEnded(_) => disinfected_since_previous = false,
-            PenFactKind::Disinfected { sheath_changed } => disinfected_since_previous |= *sheath_changed,
         }
+        walk.step(fact);
     }
     judgements
+}
+
+/// Why a session starting on the pen now would not be compliant (empty: ready to treat), from
+/// its history since its last session started (any order). The same walk as
+/// [`judge_disinfection`]: a pen is ready exactly when the rule would pass its next session.
+pub fn readiness(pen: &PenSerial, facts: &[PenFact]) -> Vec<String> {
+    let mut walk = Walk::default();
+    for fact in in_sequence_order(facts) {
+        walk.step(fact);
+    }
+    match walk.previous_session {
+        Some(session) if !walk.previous_ended => vec![format!("session {session} has not ended")],
+        Some(session) if walk.next_session_violation(pen).is_some() => {
+            vec![format!("no disinfection with sheath change since session {session} ended")]
+        }
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -119,7 +163,50 @@ mod tests {
         assert_eq!(judged, ["next"]);
     }
 
+    fn reasons(facts: &[PenFact]) -> Vec<String> {
+        readiness(&PenSerial::parse("P1").unwrap(), facts)
+    }
+
+    #[test]
+    fn readiness_agrees_with_the_rule() {
+        assert!(reasons(&[]).is_empty());
+        assert_eq!(reasons(&[start(1, "a")]), ["session a has not ended"]);
+        assert_eq!(
+            reasons(&[start(1, "a"), end(2, "a")]),
+            ["no disinfection with sheath change since session a ended"]
+        );
+        assert!(reasons(&[start(1, "a"), end(2, "a"), wipe(3, true)]).is_empty());
+        // A later wipe without a sheath change does not undo the one with it (the rule's view).
+        assert!(reasons(&[start(1, "a"), end(2, "a"), wipe(3, true), wipe(4, false)]).is_empty());
+        // A wipe during the session does not count, in any order.
+        assert_eq!(reasons(&[end(3, "a"), wipe(2, true), start(1, "a")]).len(), 1);
+    }
+
     proptest! {
+        /// Ready to treat exactly when a session started next would pass PEN_NOT_DISINFECTED
+        /// (and the previous one has ended).
+        #[test]
+        fn ready_exactly_when_the_next_session_would_pass(
+            kinds in proptest::collection::vec(0u8..4, 0..12),
+        ) {
+            let mut facts = Vec::new();
+            let mut open: Option<String> = None;
+            for (i, kind) in kinds.iter().enumerate() {
+                let seq = i as u64 + 1;
+                match (kind, &open) {
+                    (0, None) => { let id = format!("s{i}"); facts.push(start(seq, &id)); open = Some(id); }
+                    (0, Some(id)) | (1, Some(id)) => { facts.push(end(seq, id)); open = None; }
+                    (2, _) => facts.push(wipe(seq, true)),
+                    _ => facts.push(wipe(seq, false)),
+                }
+            }
+            let ready = reasons(&facts).is_empty();
+            let mut next = facts.clone();
+            next.push(start(1000, "next"));
+            let rule_passes = !violating(&next, false).contains(&"next".to_string());
+            prop_assert_eq!(ready, rule_passes && open.is_none(), "{:?}", facts);
+        }
+
         #[test]
         fn arrival_order_does_not_matter(
             steps in proptest::collection::vec((any::<bool>(), any::<bool>()), 1..12),

@@ -11,7 +11,7 @@ mod reuse;
 mod session;
 mod thresholds;
 
-pub use disinfection::{judge_disinfection, PenFact, PenFactKind};
+pub use disinfection::{judge_disinfection, readiness, PenFact, PenFactKind};
 pub use gap::{judge_telemetry_gap, SessionSpan};
 pub use reuse::{judge_cartridge_reuse, CartridgeUse};
 pub use session::{judge_session, signed_message, LotFacts, SessionFacts};

@@ -47,13 +47,12 @@ pub enum Decoded {
 }
 
 impl Decoded {
-    /// The pen's sequence number of the message; none for state messages (a last will is
-    /// composed at connect time).
-    pub fn seq(&self) -> Option<u64> {
+    /// The pen's sequence number of the message (a last will carries its birth's).
+    pub fn seq(&self) -> u64 {
         match self {
-            Decoded::Telemetry(t) => Some(t.seq),
-            Decoded::Event(e) => Some(e.seq),
-            Decoded::State(_) => None,
+            Decoded::Telemetry(t) => t.seq,
+            Decoded::Event(e) => e.seq,
+            Decoded::State(s) => s.seq,
         }
     }
 
@@ -265,11 +264,13 @@ fn validate_event(pen: &PenSerial, event: wire::PenEvent, now_ms: i64, limits: &
 }
 
 fn validate_state(pen: &PenSerial, state: wire::PenState, now_ms: i64, limits: &Limits) -> Result<Decoded, Rejection> {
-    // The last will is composed at connect time, so its seq is not meaningful: not checked.
+    // A last will carries its birth's seq, and pens that number no state send 0: not checked
+    // for range (0 is allowed here), only bounded by max_seq_jump like every seq.
     check_header(pen, state.schema_version, &state.pen_serial, None)?;
     check_time(pen, state.time_unix_ms, now_ms, limits)?;
     Ok(Decoded::State(PenStateUpdate {
         pen: pen.clone(),
+        seq: state.seq,
         device_time_ms: state.time_unix_ms,
         online: state.online,
         firmware: state.firmware,

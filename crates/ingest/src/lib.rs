@@ -48,9 +48,9 @@ pub struct Options {
     pub flood_burst: u32,
     /// Sustained messages per second one pen may send beyond the burst (a pen sends about 2).
     pub flood_rate_per_s: u32,
-    /// How far a message's seq may be ahead of the highest its pen has sent (from 0 for a pen
-    /// not heard of yet); beyond it the message is quarantined (`seq_out_of_range`). A seq
-    /// near 2^63 would otherwise outrank every later message of the pen for good.
+    /// How far a message's seq may be ahead of the highest its pen has sent (a pen's first
+    /// message may carry any); beyond it the message is quarantined (`seq_out_of_range`). A
+    /// seq near 2^63 would otherwise outrank every later message of the pen for good.
     pub max_seq_jump: u64,
 }
 

@@ -376,8 +376,10 @@ impl Committer {
             }
             register = true;
         }
-        if let Some(seq) = decoded.seq() {
-            let highest = self.highest_seqs.get(pen).copied().unwrap_or(0);
+        let seq = decoded.seq();
+        // A pen heard of for the first time may start anywhere (a pen registered after years
+        // of use); from then on its seq may not leap.
+        if let Some(highest) = self.highest_seqs.get_mut(pen) {
             if seq > highest.saturating_add(self.options.max_seq_jump) {
                 return Err(Rejection {
                     reason: "seq_out_of_range",
@@ -388,13 +390,10 @@ impl Committer {
                     pen: Some(pen.to_string()),
                 });
             }
+            *highest = (*highest).max(seq);
+        } else {
             // The serial is cloned once per pen, not per message.
-            match self.highest_seqs.get_mut(pen) {
-                Some(known) => *known = (*known).max(seq),
-                None => {
-                    self.highest_seqs.insert(pen.clone(), seq);
-                }
-            }
+            self.highest_seqs.insert(pen.clone(), seq);
         }
         Ok(Admitted { index, decoded, register })
     }

@@ -376,7 +376,8 @@ async fn run_pen(
 ) -> anyhow::Result<()> {
     use wire::pen_event::Kind;
     let injection = shared.args.inject.clone();
-    let mut seq = 0u64;
+    // The birth takes the pen's first seq; the offline state at the end carries the last one.
+    let mut seq = 1u64;
     shared.state(&pen, seq, true).await?;
     let mut battery = 100.0_f64;
     // Up to 300 motor hours, well inside the service interval, unless injected overdue.

@@ -16,6 +16,9 @@ use crate::{Result, Store};
 #[derive(Debug, Clone, PartialEq)]
 pub struct PenStateUpdate {
     pub pen: PenSerial,
+    /// A birth takes the pen's next seq; the last will composed at the same connect carries
+    /// the birth's seq (at equal seq, offline is the newer). 0 for pens that send none.
+    pub seq: u64,
     pub device_time_ms: i64,
     pub online: bool,
     pub firmware: String,
@@ -188,26 +191,9 @@ impl Store {
         }
         effects.quarantined = batch.quarantine.len();
 
+        let mut touched_sessions: BTreeSet<SessionRef> = BTreeSet::new();
         for state in &batch.states {
-            sqlx::query(
-                "UPDATE pens SET online = ?, state_time_ms = ?,
-                     firmware = CASE WHEN ? = '' THEN firmware ELSE ? END,
-                     model = CASE WHEN ? = '' THEN model ELSE ? END,
-                     last_seen_ms = CASE WHEN last_seen_ms IS NULL OR last_seen_ms < ? THEN ? ELSE last_seen_ms END
-                 WHERE pen_serial = ? AND (state_time_ms IS NULL OR state_time_ms <= ?)",
-            )
-            .bind(state.online)
-            .bind(state.device_time_ms)
-            .bind(&state.firmware)
-            .bind(&state.firmware)
-            .bind(&state.model)
-            .bind(&state.model)
-            .bind(state.device_time_ms)
-            .bind(state.device_time_ms)
-            .bind(state.pen.as_str())
-            .bind(state.device_time_ms)
-            .execute(&mut *tx)
-            .await?;
+            touched_sessions.extend(record_state(&mut tx, state, now).await?);
         }
 
         touch_last_seen_many(&mut tx, &batch.telemetry).await?;
@@ -219,8 +205,8 @@ impl Store {
         let mut touched_pens: BTreeMap<PenSerial, u64> = BTreeMap::new();
         let mut touched_cartridges: BTreeSet<CartridgeKey> = BTreeSet::new();
         let mut ended: Vec<(PenSerial, SessionId)> = Vec::new();
-        // Sessions whose own facts changed: the session rules judge them again.
-        let mut touched_sessions: BTreeSet<SessionRef> = BTreeSet::new();
+        // Sessions whose own facts changed (above: a firmware a birth announced) are judged
+        // again by the session rules.
         for record in &batch.events {
             if !insert_event(&mut tx, record, now).await? {
                 effects.duplicate_events += 1;
@@ -247,14 +233,13 @@ impl Store {
                     ended.push((record.pen.clone(), session_id.clone()));
                 }
                 DeviceEvent::Status { battery_pct, firmware, motor_hours } => {
-                    sqlx::query("UPDATE pens SET battery_pct = ?, motor_hours = ?, firmware = CASE WHEN ? = '' THEN firmware ELSE ? END WHERE pen_serial = ?")
+                    sqlx::query("UPDATE pens SET battery_pct = ?, motor_hours = ? WHERE pen_serial = ?")
                         .bind(battery_pct)
                         .bind(motor_hours)
-                        .bind(firmware)
-                        .bind(firmware)
                         .bind(record.pen.as_str())
                         .execute(&mut *tx)
                         .await?;
+                    refresh_firmware_and_model(&mut tx, &record.pen).await?;
                     // Sessions that started after this status (and before the pen's next one)
                     // are judged by it: it may have arrived late.
                     touched_sessions.extend(sessions_judged_by_status(&mut tx, &record.pen, record.seq).await?);
@@ -622,8 +607,75 @@ pub(crate) async fn pen_window(
     Ok((facts, anchor.is_some()))
 }
 
-/// Sessions of `pen` that start after the status event at `status_seq` and before the next
-/// status event: the ones whose PEN_SERVICE_DUE judgement that status decides.
+/// Records a birth or last will in the pen's state history, and as its current state when no
+/// state message with a higher seq is known (at equal seq, offline after online, then device
+/// time). Returns the sessions whose PEN_SERVICE_DUE judgement a birth's firmware decides.
+async fn record_state(tx: &mut Transaction<'_, Sqlite>, state: &PenStateUpdate, now: i64) -> Result<Vec<SessionRef>> {
+    let seq = state.seq.min(i64::MAX as u64) as i64;
+    let inserted = sqlx::query(
+        "INSERT INTO pen_states (pen_serial, seq, online, device_time_ms, firmware, model, received_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(state.pen.as_str())
+    .bind(seq)
+    .bind(state.online)
+    .bind(state.device_time_ms)
+    .bind(&state.firmware)
+    .bind(&state.model)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if !inserted {
+        return Ok(Vec::new());
+    }
+    sqlx::query(
+        "UPDATE pens SET online = ?1, state_time_ms = ?2, state_seq = ?3,
+             last_seen_ms = CASE WHEN last_seen_ms IS NULL OR last_seen_ms < ?2 THEN ?2 ELSE last_seen_ms END
+         WHERE pen_serial = ?4
+           AND (state_time_ms IS NULL
+                OR (?3, CASE WHEN ?1 THEN 0 ELSE 1 END, ?2)
+                   > (COALESCE(state_seq, 0), CASE WHEN online THEN 0 ELSE 1 END, state_time_ms))",
+    )
+    .bind(state.online)
+    .bind(state.device_time_ms)
+    .bind(seq)
+    .bind(state.pen.as_str())
+    .execute(&mut **tx)
+    .await?;
+    refresh_firmware_and_model(tx, &state.pen).await?;
+    if state.online && !state.firmware.is_empty() {
+        return sessions_judged_by_status(tx, &state.pen, state.seq).await;
+    }
+    Ok(Vec::new())
+}
+
+/// The pen's firmware and model as its reports with the highest seq say (firmware: status
+/// events and births; model: births), whatever order they arrived in.
+async fn refresh_firmware_and_model(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial) -> Result<()> {
+    sqlx::query(
+        "UPDATE pens SET
+             firmware = COALESCE((SELECT firmware FROM (
+                     SELECT * FROM (SELECT seq, firmware FROM pen_events
+                         WHERE pen_serial = ?1 AND kind = 'status' AND firmware <> '' ORDER BY seq DESC LIMIT 1)
+                     UNION ALL
+                     SELECT * FROM (SELECT seq, firmware FROM pen_states
+                         WHERE pen_serial = ?1 AND online AND firmware <> '' ORDER BY seq DESC LIMIT 1))
+                 ORDER BY seq DESC LIMIT 1), firmware),
+             model = COALESCE((SELECT model FROM pen_states
+                 WHERE pen_serial = ?1 AND model <> '' ORDER BY seq DESC, online LIMIT 1), model)
+         WHERE pen_serial = ?1",
+    )
+    .bind(pen.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Sessions of `pen` that start after the status event (or birth) at `status_seq` and before
+/// the next status event: a superset of the ones whose PEN_SERVICE_DUE judgement that report
+/// decides (the next status replaces both its motor hours and its firmware).
 async fn sessions_judged_by_status(
     tx: &mut Transaction<'_, Sqlite>,
     pen: &PenSerial,

@@ -12,9 +12,10 @@ use crate::Result;
 /// Judges one session with the six session rules, and TELEMETRY_GAP once it has ended; no
 /// judgements until its start is known.
 /// Cartridge wear counts this session and every session of the same cartridge that started
-/// before it (by device time), and the pen's condition is its last status event before the
-/// session (by sequence number; the firmware its birth message announced when it sent none),
-/// so the verdict does not depend on arrival order.
+/// before it (by device time), and the pen's condition is its last report before the session by
+/// sequence number (motor hours: status events; firmware: status events and births; unknown
+/// when there is none, never the pen's current firmware), so the verdict does not depend on
+/// arrival order.
 pub(crate) async fn judge(
     tx: &mut Transaction<'_, Sqlite>,
     session: &SessionRef,
@@ -25,8 +26,13 @@ pub(crate) async fn judge(
              o.licence_level,
              (SELECT e.motor_hours FROM pen_events e WHERE e.pen_serial = s.pen_serial AND e.kind = 'status'
                 AND e.seq < s.start_seq ORDER BY e.seq DESC LIMIT 1),
-             COALESCE((SELECT NULLIF(e.firmware, '') FROM pen_events e WHERE e.pen_serial = s.pen_serial
-                AND e.kind = 'status' AND e.seq < s.start_seq ORDER BY e.seq DESC LIMIT 1), p.firmware),
+             (SELECT firmware FROM (
+                 SELECT e.seq, e.firmware FROM pen_events e WHERE e.pen_serial = s.pen_serial
+                   AND e.kind = 'status' AND e.firmware <> '' AND e.seq < s.start_seq
+                 UNION ALL
+                 SELECT b.seq, b.firmware FROM pen_states b WHERE b.pen_serial = s.pen_serial
+                   AND b.online AND b.firmware <> '' AND b.seq < s.start_seq)
+              ORDER BY seq DESC LIMIT 1),
              l.public_key, l.recalled_ms,
              (SELECT COALESCE(SUM(c.motor_seconds), 0.0) FROM sessions c
               WHERE c.cartridge_gtin = s.cartridge_gtin AND c.cartridge_serial = s.cartridge_serial
@@ -37,7 +43,6 @@ pub(crate) async fn judge(
              s.start_seq, s.end_seq
          FROM sessions s
          LEFT JOIN operators o ON o.operator_id = s.operator_id
-         LEFT JOIN pens p ON p.pen_serial = s.pen_serial
          LEFT JOIN lots l ON l.gtin = s.cartridge_gtin AND l.lot = s.cartridge_lot
          WHERE s.pen_serial = ? AND s.session_id = ? AND s.started_ms IS NOT NULL",
     )

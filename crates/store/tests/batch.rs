@@ -5,7 +5,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use penwarden_domain::access::Scope;
 use penwarden_domain::compliance::signed_message;
 use penwarden_domain::{DeviceEvent, DisinfectionMethod, EventRecord, PenSerial, SessionId, TreatmentArea, Udi};
-use penwarden_store::{IngestBatch, LotRow, Store, ViolationFilter};
+use penwarden_store::{IngestBatch, LotRow, PenStateUpdate, Store, ViolationFilter};
 
 const UDI: &str = "(01)09506000134352(17)301231(10)LOT7(21)C-1";
 
@@ -187,6 +187,42 @@ async fn pen_sterility_answers_what_the_rule_would_judge() {
     apply(&store, vec![end("P1", 6, 600, "b")]).await;
     let sterility = store.pen_sterility(&pen("P1"), &Scope::All).await.unwrap();
     assert_eq!(sterility.reasons, ["no disinfection with sheath change since session b ended"]);
+}
+
+fn state(seq: u64, time: i64, online: bool, firmware: &str) -> PenStateUpdate {
+    PenStateUpdate {
+        pen: pen("P1"),
+        seq,
+        device_time_ms: time,
+        online,
+        firmware: firmware.into(),
+        model: "SP-2".into(),
+    }
+}
+
+async fn apply_states(store: &Store, states: Vec<PenStateUpdate>) {
+    let mut batch = IngestBatch { received_ms: 1, states, ..Default::default() };
+    batch.auto_register.insert(pen("P1"));
+    store.apply_batch(&batch, |_| Vec::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pen_s_state_is_its_state_message_with_the_highest_seq() {
+    let (store, _dir) = store().await;
+    let now = 1_800_000_000_000;
+    // Retained: offline with a clock 23 h ahead. A later genuine birth must still win.
+    apply_states(&store, vec![state(5, now + 23 * 3_600_000, false, "0.0.1")]).await;
+    apply_states(&store, vec![state(6, now, true, "2.4.1")]).await;
+    let row = store.pen(&pen("P1")).await.unwrap();
+    assert_eq!((row.online, row.firmware.as_str()), (true, "2.4.1"));
+    // The last will carries its birth's seq and is the newer of the two, in either order.
+    apply_states(&store, vec![state(7, now + 1, false, ""), state(7, now + 1, true, "2.5.0")]).await;
+    let row = store.pen(&pen("P1")).await.unwrap();
+    assert_eq!((row.online, row.firmware.as_str()), (false, "2.5.0"));
+    // A redelivered or late older state changes nothing.
+    apply_states(&store, vec![state(6, now, true, "2.4.1"), state(3, now + 99 * 3_600_000, true, "9.9.9")]).await;
+    let row = store.pen(&pen("P1")).await.unwrap();
+    assert_eq!((row.online, row.firmware.as_str()), (false, "2.5.0"));
 }
 
 #[tokio::test]

@@ -1,27 +1,37 @@
 //! Order independence, proven through the ingest path: the same device messages applied in
 //! any arrival order, split into any batches, with redeliveries, leave exactly the active
 //! violations that in-order processing leaves. The streams cover cartridge reuse across pens,
-//! disinfection, depth, telemetry gaps and the pen's service status.
+//! disinfection, depth, telemetry gaps and the pen's service status: births and status events
+//! that announce firmware below and above the minimum, so PEN_SERVICE_DUE must judge each
+//! session by the firmware in force at it by seq.
 
 use std::collections::BTreeSet;
 
 use ed25519_dalek::{Signer, SigningKey};
 use penwarden_domain::compliance::signed_message;
 use penwarden_domain::{DeviceEvent, DisinfectionMethod, EventRecord, PenSerial, SessionId, TreatmentArea, Udi};
-use penwarden_store::{IngestBatch, LotRow, Store, ViolationFilter};
+use penwarden_store::{IngestBatch, LotRow, PenStateUpdate, Store, ViolationFilter};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Message {
     Event(EventRecord),
     Telemetry(PenSerial, u64),
+    State(PenStateUpdate),
 }
+
+/// Below and above the minimum supported firmware (2.0.0).
+const FIRMWARES: [&str; 2] = ["1.9.0", "2.4.1"];
 
 /// One simulated session on a pen.
 #[derive(Debug, Clone)]
 struct SessionPlan {
-    /// Motor hours of a status report before the session (500 h is the service interval).
-    status_before: Option<f64>,
+    /// A reconnect before the session: a birth announcing this firmware, and sometimes the
+    /// last will of the connection before it.
+    birth_before: Option<(&'static str, bool)>,
+    /// Motor hours and firmware of a status report before the session (500 h is the service
+    /// interval).
+    status_before: Option<(f64, &'static str)>,
     disinfect_before: bool,
     cartridge: usize,
     telemetry: Vec<bool>,
@@ -51,8 +61,25 @@ fn pen_messages(pen: &PenSerial, start_ms: i64, sessions: &[SessionPlan]) -> Vec
         let event = |(seq, time): (u64, i64), event| {
             Message::Event(EventRecord { pen: pen.clone(), seq, device_time_unix_ms: time, event })
         };
-        if let Some(motor_hours) = session.status_before {
-            let kind = DeviceEvent::Status { battery_pct: 80.0, firmware: "2.4.1".into(), motor_hours };
+        if let Some((firmware, will_before)) = session.birth_before {
+            let state = |seq: u64, time: i64, online: bool, firmware: &str| PenStateUpdate {
+                pen: pen.clone(),
+                seq,
+                device_time_ms: time,
+                online,
+                firmware: firmware.into(),
+                model: "SP-2".into(),
+            };
+            if will_before && seq > 0 {
+                // The last will of the previous connection carries that connection's birth seq
+                // (here: the pen's last seq, as pensim does).
+                messages.push(Message::State(state(seq, time, false, "")));
+            }
+            let (seq, time) = next(&mut seq, &mut time);
+            messages.push(Message::State(state(seq, time, true, firmware)));
+        }
+        if let Some((motor_hours, firmware)) = session.status_before {
+            let kind = DeviceEvent::Status { battery_pct: 80.0, firmware: firmware.into(), motor_hours };
             messages.push(event(next(&mut seq, &mut time), kind));
         }
         if session.disinfect_before {
@@ -89,15 +116,20 @@ fn pen_messages(pen: &PenSerial, start_ms: i64, sessions: &[SessionPlan]) -> Vec
 }
 
 fn session_plan() -> impl Strategy<Value = SessionPlan> {
-    let status = prop::option::weighted(0.4, prop_oneof![Just(100.0), Just(600.0)]);
-    (status, prop::bool::weighted(0.7), 0usize..4, prop::collection::vec(prop::bool::weighted(0.85), 0..4), 1u32..4)
-        .prop_map(|(status_before, disinfect_before, cartridge, telemetry, quarter_mm)| SessionPlan {
+    let firmware = prop::sample::select(FIRMWARES.to_vec());
+    let birth = prop::option::weighted(0.4, (firmware.clone(), any::<bool>()));
+    let status = prop::option::weighted(0.4, (prop_oneof![Just(100.0), Just(600.0)], firmware));
+    let wear = (prop::bool::weighted(0.7), 0usize..4, prop::collection::vec(prop::bool::weighted(0.85), 0..4), 1u32..4);
+    (birth, status, wear).prop_map(
+        |(birth_before, status_before, (disinfect_before, cartridge, telemetry, quarter_mm))| SessionPlan {
+            birth_before,
             status_before,
             disinfect_before,
             cartridge,
             telemetry,
             depth_mm: f64::from(quarter_mm) * 0.25,
-        })
+        },
+    )
 }
 
 /// Every message of 1 to 3 pens, in order, and an arrival plan: a permutation with some
@@ -152,6 +184,10 @@ async fn apply(store: &Store, messages: &[&Message]) {
                 batch.auto_register.insert(pen.clone());
                 batch.add_telemetry(pen, *seq, None);
             }
+            Message::State(state) => {
+                batch.auto_register.insert(state.pen.clone());
+                batch.states.push(state.clone());
+            }
         }
     }
     store.apply_batch(&batch, |_| Vec::new()).await.unwrap();
@@ -186,7 +222,12 @@ proptest! {
                 apply(&store, batch).await;
                 rest = tail;
             }
-            (active(&reference).await, active(&store).await)
+            let pens = |store: Store| async move {
+                let rows = store.list_pens(None, None, &penwarden_domain::access::Scope::All).await.unwrap();
+                rows.into_iter().map(|p| (p.pen_serial, p.online, p.firmware, p.model)).collect::<Vec<_>>()
+            };
+            let result = ((active(&reference).await, pens(reference).await), (active(&store).await, pens(store).await));
+            result
         });
         prop_assert_eq!(shuffled, in_order);
     }

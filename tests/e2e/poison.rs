@@ -285,3 +285,67 @@ async fn a_seq_far_ahead_cannot_make_a_pen_ready_for_good() {
     assert_eq!(sterility.reasons, ["no disinfection with sheath change since session s1 ended"]);
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_seq_with_other_content_is_quarantined_not_dropped() {
+    let (mosquitto, _influxd, mut penwarden, metrics_addr) = start(&[("P1", "SP-2")]).await;
+    let mut publisher = Publisher::connect(mosquitto.port).await;
+    let t0 = now_ms() - 60_000;
+    let session = |id: &str, udi: &str| {
+        wire::pen_event::Kind::SessionStarted(wire::SessionStarted {
+            session_id: id.into(),
+            cartridge_udi: udi.into(),
+            ..Default::default()
+        })
+    };
+    let first = "(01)09506000134352(17)301231(10)LOT9(21)FIRST-1";
+    let second = "(01)09506000134352(17)301231(10)LOT9(21)SECOND-1";
+    publisher.publish("pw/v1/pens/P1/events", event("P1", 1, t0, session("s1", first))).await;
+    // Redelivered, byte for byte: changes nothing, quarantines nothing.
+    publisher.publish("pw/v1/pens/P1/events", event("P1", 1, t0, session("s1", first))).await;
+    // The pen was reset and numbers from 1 again: a second session under a used seq.
+    publisher.publish("pw/v1/pens/P1/events", event("P1", 1, t0 + 600_000, session("s2", second))).await;
+
+    let listed = wait_for("the conflicting message in the quarantine", Duration::from_secs(30), || async {
+        let listed = quarantine(&penwarden).await;
+        (!listed.messages.is_empty()).then_some(listed)
+    })
+    .await;
+    assert_eq!(listed.messages.len(), 1, "{listed:?}");
+    let entry = &listed.messages[0];
+    assert_eq!((entry.reason.as_str(), entry.pen_serial.as_str()), ("seq_conflict", "P1"));
+    assert!(entry.detail.contains("seq 1"), "{entry:?}");
+    let mut compliance = penwarden.compliance().await;
+    let get = |udi: &str| api::GetCartridgeRequest { udi: udi.into(), ..Default::default() };
+    assert_eq!(compliance.get_cartridge(get(first)).await.unwrap().into_inner().sessions.len(), 1);
+    let missing = compliance.get_cartridge(get(second)).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "the conflicting session is not applied");
+    let conflicts = metric(&metrics_addr, "penwarden_seq_conflicts_total").await;
+    assert_eq!(conflicts, Some(1.0));
+    assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pensim_numbers_on_in_a_second_run_against_the_same_store() {
+    let (mosquitto, _influxd, mut penwarden, _) = start(&[]).await;
+    let args = |seed: &str| {
+        let mut args = crate::common::pensim_args_injecting(&mosquitto, &penwarden, "fleet", 3, 2, "reuse=0", &[]);
+        args.extend(["--seed".to_string(), seed.to_string()]);
+        args
+    };
+    let first = penwarden_tests::run_pensim(&args("1")).await;
+    let second = penwarden_tests::run_pensim(&args("2")).await;
+    let events = first["event_messages"].as_u64().unwrap() + second["event_messages"].as_u64().unwrap();
+    let store_url = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let recorded = wait_for("both runs' events in the store", Duration::from_secs(60), || async {
+        let store = penwarden_store::Store::connect(&store_url).await.ok()?;
+        let recorded = store.event_count().await.ok()? as u64;
+        store.close().await;
+        (recorded >= events).then_some(recorded)
+    })
+    .await;
+    assert_eq!(recorded, events, "every event of both runs, none taken for a duplicate");
+    let listed = quarantine(&penwarden).await;
+    assert!(listed.messages.is_empty(), "nothing quarantined: {:?}", listed.counts_by_reason);
+    assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
+}

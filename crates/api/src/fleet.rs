@@ -77,6 +77,7 @@ fn pen_message(row: PenRow) -> pb::Pen {
         battery_pct: row.battery_pct.unwrap_or_default(),
         motor_hours: row.motor_hours.unwrap_or_default(),
         manufacturer_id: row.manufacturer_id.unwrap_or_default(),
+        last_seq: row.last_seq,
     }
 }
 

@@ -142,3 +142,96 @@ pub struct EventRecord {
     pub device_time_unix_ms: i64,
     pub event: DeviceEvent,
 }
+
+impl EventRecord {
+    /// A digest of what the event says (device time and every field; not the pen and seq that
+    /// identify it). Two messages with one (pen, seq) are the same message, redelivered, exactly
+    /// when their digests match, whatever encoding (protobuf or JSON) each came in; anything
+    /// else is a conflict. Stored, so the encoding below must never change.
+    pub fn content_digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        // Each field is length-prefixed or fixed-width, so no two contents encode alike.
+        let mut text = |value: &str| {
+            hash.update((value.len() as u64).to_be_bytes());
+            hash.update(value.as_bytes());
+        };
+        text(self.event.kind());
+        text(&self.device_time_unix_ms.to_string());
+        match &self.event {
+            DeviceEvent::SessionStarted {
+                session_id,
+                cartridge_udi,
+                cartridge_signature,
+                operator_id,
+                area,
+                depth_setting_mm,
+            } => {
+                text(session_id.as_str());
+                text(cartridge_udi);
+                text(&hex(cartridge_signature));
+                text(operator_id.as_ref().map_or("", |o| o.as_str()));
+                text(area.as_str());
+                text(&depth_setting_mm.to_bits().to_string());
+            }
+            DeviceEvent::SessionEnded { session_id, duration_ms, strokes, motor_seconds, max_depth_mm } => {
+                text(session_id.as_str());
+                text(&duration_ms.to_string());
+                text(&strokes.to_string());
+                text(&motor_seconds.to_bits().to_string());
+                text(&max_depth_mm.to_bits().to_string());
+            }
+            DeviceEvent::CartridgeAttached { cartridge_udi } | DeviceEvent::CartridgeDetached { cartridge_udi } => {
+                text(cartridge_udi)
+            }
+            DeviceEvent::Disinfected { method, sheath_changed } => {
+                text(method.as_str());
+                text(if *sheath_changed { "true" } else { "false" });
+            }
+            DeviceEvent::DepthChanged { depth_mm } => text(&depth_mm.to_bits().to_string()),
+            DeviceEvent::Fault { code, detail } => {
+                text(code);
+                text(detail);
+            }
+            DeviceEvent::Status { battery_pct, firmware, motor_hours } => {
+                text(&battery_pct.to_bits().to_string());
+                text(firmware);
+                text(&motor_hours.to_bits().to_string());
+            }
+        }
+        hash.finalize().into()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(battery_pct: f64) -> EventRecord {
+        EventRecord {
+            pen: PenSerial::parse("P1").unwrap(),
+            seq: 7,
+            device_time_unix_ms: 1000,
+            event: DeviceEvent::Status { battery_pct, firmware: "2.4.1".into(), motor_hours: 3.0 },
+        }
+    }
+
+    #[test]
+    fn the_digest_tells_a_redelivery_from_a_conflict() {
+        assert_eq!(status(50.0).content_digest(), status(50.0).content_digest());
+        assert_ne!(status(50.0).content_digest(), status(51.0).content_digest());
+        let mut later = status(50.0);
+        later.device_time_unix_ms += 1;
+        assert_ne!(later.content_digest(), status(50.0).content_digest());
+        // Fields cannot run into each other.
+        let fault = |code: &str, detail: &str| EventRecord {
+            event: DeviceEvent::Fault { code: code.into(), detail: detail.into() },
+            ..status(0.0)
+        };
+        assert_ne!(fault("ab", "c").content_digest(), fault("a", "bc").content_digest());
+    }
+}

@@ -254,6 +254,9 @@ impl Committer {
                     derived_bytes += bytes;
                     self.record_effects(&effects);
                     self.record_quarantine(&batch.quarantine);
+                    if !effects.seq_conflicts.is_empty() {
+                        parts.push((Vec::new(), seq_conflicts(&effects.seq_conflicts, &part, &messages, received_ms)));
+                    }
                     committed.extend(part);
                 }
                 Err(Error::Store(e)) if part.len() > 1 => {
@@ -405,6 +408,36 @@ struct Admitted {
     decoded: Decoded,
     /// Its pen is unknown and auto-registration is on.
     register: bool,
+}
+
+/// Quarantine entries for the events the store found conflicting (`positions` in the events of
+/// `part`, in order): their (pen, seq) is recorded with other content.
+fn seq_conflicts(
+    positions: &[usize],
+    part: &[Admitted],
+    messages: &[Incoming],
+    received_ms: i64,
+) -> Vec<QuarantineEntry> {
+    let events: Vec<&Admitted> = part.iter().filter(|m| matches!(m.decoded, Decoded::Event(_))).collect();
+    metrics::counter!("penwarden_seq_conflicts_total").increment(positions.len() as u64);
+    positions
+        .iter()
+        .filter_map(|&position| events.get(position))
+        .map(|admitted| {
+            let message = &messages[admitted.index];
+            let (pen, seq) = (admitted.decoded.pen(), admitted.decoded.seq());
+            let rejection = Rejection {
+                reason: "seq_conflict",
+                detail: format!(
+                    "pen {pen} already sent seq {seq} with other content (did it restart its seq counter?); \
+                     not applied"
+                ),
+                pen: Some(pen.to_string()),
+            };
+            let entry = quarantine_entry(received_ms, &message.publish.topic, &message.publish.payload, rejection);
+            QuarantineEntry { payload_len: message.payload_len, ..entry }
+        })
+        .collect()
 }
 
 /// The store's view of some of a batch's messages.

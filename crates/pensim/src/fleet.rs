@@ -21,6 +21,9 @@ pub(crate) struct Layout {
     pub(crate) pens: Vec<(String, String)>,
     pub(crate) clinics: Vec<(String, String)>,
     pub(crate) chains: Vec<String>,
+    /// Each pen's highest seq penwarden already has (from an earlier run): the pen numbers on
+    /// from there, as a real pen keeps its counter across restarts.
+    pub(crate) last_seqs: std::collections::HashMap<String, u64>,
 }
 
 impl Layout {
@@ -30,7 +33,7 @@ impl Layout {
         let clinics: Vec<(String, String)> =
             (0..clinics).map(|i| (format!("clinic-{}", i + 1), chains[i % chains.len()].clone())).collect();
         let pens = (0..pens).map(|i| (format!("PW-{:06}", i + 1), clinics[i % clinics.len()].0.clone())).collect();
-        Layout { pens, clinics, chains }
+        Layout { pens, clinics, chains, last_seqs: Default::default() }
     }
 }
 
@@ -92,6 +95,13 @@ pub(crate) async fn register(url: &str, api_key: &str, layout: &Layout, pens_too
         client.register_pen(request).await?;
     }
     Ok(())
+}
+
+/// The highest seq penwarden has of each pen (pens it does not know are left out).
+pub(crate) async fn last_seqs(url: &str, api_key: &str) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let mut client = fleet_client(url, api_key).await?;
+    let pens = client.list_pens(api::ListPensRequest::default()).await?.into_inner().pens;
+    Ok(pens.into_iter().map(|pen| (pen.pen_serial, pen.last_seq)).collect())
 }
 
 /// Recalls the lot every `recalled` injection used: at the end of the run, so the recall is
@@ -243,7 +253,8 @@ impl Simulation {
             let serial = serial.clone();
             let rng = StdRng::seed_from_u64(self.args.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
             let (min, max) = (self.min_session, self.max_session);
-            pens.push(tokio::spawn(async move { run_pen(shared, serial, rng, deadline, min, max).await }));
+            let last_seq = self.layout.last_seqs.get(&serial).copied().unwrap_or(0);
+            pens.push(tokio::spawn(async move { run_pen(shared, serial, last_seq, rng, deadline, min, max).await }));
         }
         for pen in pens {
             pen.await.context("a pen task panicked")??;
@@ -369,6 +380,7 @@ fn new_udi(pen: &str, number: u64, fault: Option<SessionFault>) -> String {
 async fn run_pen(
     shared: Arc<Shared>,
     pen: String,
+    last_seq: u64,
     mut rng: StdRng,
     deadline: Instant,
     min_session: Duration,
@@ -376,8 +388,8 @@ async fn run_pen(
 ) -> anyhow::Result<()> {
     use wire::pen_event::Kind;
     let injection = shared.args.inject.clone();
-    // The birth takes the pen's first seq; the offline state at the end carries the last one.
-    let mut seq = 1u64;
+    // The birth takes the pen's next seq; the offline state at the end carries the last one.
+    let mut seq = last_seq + 1;
     shared.state(&pen, seq, true).await?;
     let mut battery = 100.0_f64;
     // Up to 300 motor hours, well inside the service interval, unless injected overdue.

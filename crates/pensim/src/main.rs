@@ -125,13 +125,17 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         .and_then(|(a, b)| Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?)))
         .filter(|(a, b)| *a > 0.0 && a <= b)
         .context("--session-secs must look like 3..6")?;
-    let layout = fleet::Layout::new(args.pens, args.clinics, args.chains.min(args.clinics));
+    let mut layout = fleet::Layout::new(args.pens, args.clinics, args.chains.min(args.clinics));
     if args.inject.wants(inject::SessionFault::Recalled) && args.grpc_url.is_none() {
         anyhow::bail!("--inject recalled needs --grpc-url: pensim recalls the lot through the API");
     }
-    if let Some(url) = args.grpc_url.as_ref().filter(|_| args.register != "none") {
+    if let Some(url) = args.grpc_url.as_ref() {
         let api_key = args.api_key()?;
-        fleet::register(url, &api_key, &layout, args.register == "fleet").await.context("registering over gRPC")?;
+        if args.register != "none" {
+            fleet::register(url, &api_key, &layout, args.register == "fleet").await.context("registering over gRPC")?;
+        }
+        // A second run against the same store numbers on, like a pen that keeps its counter.
+        layout.last_seqs = fleet::last_seqs(url, &api_key).await.context("reading the pens' last seqs")?;
     }
     let simulation =
         fleet::Simulation::connect(&args, layout, Duration::from_secs_f64(min), Duration::from_secs_f64(max)).await?;

@@ -125,6 +125,9 @@ pub struct StatusReport {
 pub struct Effects {
     pub new_events: usize,
     pub duplicate_events: usize,
+    /// Positions in the batch's `events` of events whose (pen, seq) is already recorded with
+    /// other content: not applied; the caller quarantines their messages (`seq_conflict`).
+    pub seq_conflicts: Vec<usize>,
     pub quarantined: usize,
     pub raised: Vec<RaisedViolation>,
     pub retracted: Vec<RaisedViolation>,
@@ -207,10 +210,17 @@ impl Store {
         let mut ended: Vec<(PenSerial, SessionId)> = Vec::new();
         // Sessions whose own facts changed (above: a firmware a birth announced) are judged
         // again by the session rules.
-        for record in &batch.events {
-            if !insert_event(&mut tx, record, now).await? {
-                effects.duplicate_events += 1;
-                continue;
+        for (position, record) in batch.events.iter().enumerate() {
+            match insert_event(&mut tx, record, now).await? {
+                Insertion::New => {}
+                Insertion::Redelivered => {
+                    effects.duplicate_events += 1;
+                    continue;
+                }
+                Insertion::Conflict => {
+                    effects.seq_conflicts.push(position);
+                    continue;
+                }
             }
             effects.new_events += 1;
             arrived.entry(record.pen.as_str()).or_default().push(record.seq);
@@ -395,7 +405,17 @@ async fn touch_last_seen(tx: &mut Transaction<'_, Sqlite>, pen: &PenSerial, seen
 }
 
 /// Inserts the event unless (pen, seq) is already recorded; returns whether it was new.
-async fn insert_event(tx: &mut Transaction<'_, Sqlite>, record: &EventRecord, now: i64) -> Result<bool> {
+/// What became of an event offered to the record.
+enum Insertion {
+    New,
+    /// The same (pen, seq) with the same content: a redelivery, nothing to do.
+    Redelivered,
+    /// The same (pen, seq) with other content.
+    Conflict,
+}
+
+async fn insert_event(tx: &mut Transaction<'_, Sqlite>, record: &EventRecord, now: i64) -> Result<Insertion> {
+    let digest = record.content_digest();
     let (motor_hours, firmware) = match &record.event {
         DeviceEvent::Status { motor_hours, firmware, .. } => (Some(*motor_hours), Some(firmware.as_str())),
         _ => (None, None),
@@ -416,8 +436,8 @@ async fn insert_event(tx: &mut Transaction<'_, Sqlite>, record: &EventRecord, no
     };
     let inserted = sqlx::query(
         "INSERT INTO pen_events (pen_serial, seq, kind, device_time_ms, received_ms, session_id, sheath_changed, detail,
-             motor_hours, firmware)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pen_serial, seq) DO NOTHING",
+             motor_hours, firmware, content_digest)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pen_serial, seq) DO NOTHING",
     )
     .bind(record.pen.as_str())
     .bind(record.seq as i64)
@@ -429,10 +449,23 @@ async fn insert_event(tx: &mut Transaction<'_, Sqlite>, record: &EventRecord, no
     .bind(detail)
     .bind(motor_hours)
     .bind(firmware)
+    .bind(&digest[..])
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    Ok(inserted == 1)
+    if inserted == 1 {
+        return Ok(Insertion::New);
+    }
+    let recorded: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT content_digest FROM pen_events WHERE pen_serial = ? AND seq = ?")
+            .bind(record.pen.as_str())
+            .bind(record.seq as i64)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(match recorded {
+        Some(recorded) if recorded[..] != digest[..] => Insertion::Conflict,
+        _ => Insertion::Redelivered,
+    })
 }
 
 async fn record_session_start(

@@ -38,9 +38,13 @@ pub struct PenRow {
     pub battery_pct: Option<f64>,
     pub motor_hours: Option<f64>,
     pub manufacturer_id: Option<String>,
+    /// The highest seq received from the pen (events, telemetry and state messages).
+    pub last_seq: u64,
 }
 
-const PEN_COLUMNS: &str = "p.pen_serial, p.clinic_id, c.chain_id, p.model, p.firmware, p.online, p.last_seen_ms, p.battery_pct, p.motor_hours, p.manufacturer_id";
+const PEN_COLUMNS: &str = "p.pen_serial, p.clinic_id, c.chain_id, p.model, p.firmware, p.online, p.last_seen_ms, p.battery_pct, p.motor_hours, p.manufacturer_id,
+    MAX(COALESCE((SELECT MAX(r.last_seq) FROM received_seq_runs r WHERE r.pen_serial = p.pen_serial), 0),
+        COALESCE((SELECT MAX(t.seq) FROM pen_states t WHERE t.pen_serial = p.pen_serial), 0))";
 
 fn pen_row(row: &sqlx::sqlite::SqliteRow) -> PenRow {
     PenRow {
@@ -54,6 +58,7 @@ fn pen_row(row: &sqlx::sqlite::SqliteRow) -> PenRow {
         battery_pct: row.get(7),
         motor_hours: row.get(8),
         manufacturer_id: row.get(9),
+        last_seq: row.get::<i64, _>(10).max(0) as u64,
     }
 }
 

@@ -189,6 +189,21 @@ async fn pen_sterility_answers_what_the_rule_would_judge() {
     assert_eq!(sterility.reasons, ["no disinfection with sheath change since session b ended"]);
 }
 
+#[tokio::test]
+async fn a_used_seq_with_other_content_is_a_conflict_not_a_duplicate() {
+    let (store, _dir) = store().await;
+    let first = start("P1", 1, 100, "s1", UDI);
+    let effects = apply(&store, vec![first.clone()]).await;
+    assert_eq!((effects.new_events, effects.duplicate_events, effects.seq_conflicts.len()), (1, 0, 0));
+    let effects = apply(&store, vec![first]).await;
+    assert_eq!((effects.new_events, effects.duplicate_events, effects.seq_conflicts.len()), (0, 1, 0));
+    let reset = start("P1", 1, 900, "s2", "(01)09506000134352(17)301231(10)LOT7(21)C-2");
+    let effects = apply(&store, vec![wipe("P1", 2, 800), reset]).await;
+    assert_eq!((effects.new_events, effects.duplicate_events, effects.seq_conflicts), (1, 0, vec![1]));
+    let unknown = Udi::parse("(01)09506000134352(17)301231(10)LOT7(21)C-2").unwrap().key();
+    assert!(store.cartridge(&unknown, &Scope::All).await.is_err(), "the conflicting session is not applied");
+}
+
 fn state(seq: u64, time: i64, online: bool, firmware: &str) -> PenStateUpdate {
     PenStateUpdate {
         pen: pen("P1"),

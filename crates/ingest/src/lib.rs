@@ -12,6 +12,7 @@ mod flood;
 mod mqtt;
 mod pipeline;
 pub mod points;
+mod quarantine_log;
 pub mod topic;
 
 use std::time::Duration;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::decode::{self, Decoded, Rejection, Telemetry};
 use crate::mqtt::{Acker, Connection, Incoming};
+use crate::quarantine_log::QuarantineLog;
 use crate::{now_ms, points, Options};
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,7 @@ impl Service {
             stats: self.stats,
             flood,
             highest_seqs: self.highest_seqs,
+            quarantine_log: QuarantineLog::new(),
         };
         tokio::spawn(async move {
             let committed = committer.run(receive, shutdown, deliver).await;
@@ -146,6 +148,7 @@ struct Committer {
     flood: crate::flood::FloodGuard,
     /// Each registered pen's highest seq admitted so far, for `max_seq_jump`.
     highest_seqs: HashMap<PenSerial, u64>,
+    quarantine_log: QuarantineLog,
 }
 
 const LINE_BUFFER_BYTES: usize = 1 << 20;
@@ -163,9 +166,14 @@ impl Committer {
     ) -> Result<(), Error> {
         let mut messages = Vec::with_capacity(self.options.batch_max_messages);
         loop {
+            let summary_due = self.quarantine_log.due_at();
             let first = tokio::select! {
                 message = receive.recv() => message,
                 _ = shutdown.changed() => None,
+                _ = tokio::time::sleep_until(summary_due.unwrap_or_else(tokio::time::Instant::now)), if summary_due.is_some() => {
+                    self.quarantine_log.flush_if_due(tokio::time::Instant::now());
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             let mut urgent = is_device_event(&first);
@@ -190,6 +198,7 @@ impl Committer {
                 return Ok(());
             }
         }
+        self.quarantine_log.flush();
         // Stop: what has already arrived is finished and acked; the rest stays with the broker.
         receive.close();
         while let Ok(message) = receive.try_recv() {
@@ -315,11 +324,12 @@ impl Committer {
         }
     }
 
-    fn record_quarantine(&self, entries: &[QuarantineEntry]) {
+    fn record_quarantine(&mut self, entries: &[QuarantineEntry]) {
         for entry in entries {
             metrics::counter!("penwarden_messages_quarantined_total", "reason" => entry.reason).increment(1);
-            tracing::warn!(reason = entry.reason, topic = %entry.topic, detail = %entry.detail, "message quarantined");
+            self.quarantine_log.record(entry);
         }
+        self.quarantine_log.flush_if_due(tokio::time::Instant::now());
         self.stats.quarantined.fetch_add(entries.len() as u64, Ordering::Relaxed);
     }
 
@@ -358,16 +368,8 @@ impl Committer {
     /// auto-registration is on).
     fn admit(&mut self, decoded: Decoded, index: usize, received_ms: i64) -> Result<Admitted, Rejection> {
         let pen = decoded.pen();
-        if !self.flood.allow(pen, received_ms) {
-            return Err(Rejection {
-                reason: "rate_limited",
-                detail: format!(
-                    "pen {pen} exceeds {} messages/s after a burst of {}",
-                    self.options.flood_rate_per_s, self.options.flood_burst
-                ),
-                pen: Some(pen.to_string()),
-            });
-        }
+        // Unknown pens first: they get no flood bucket (20,000 made-up serials would otherwise
+        // leave 20,000 buckets behind).
         let mut register = false;
         if self.store.directory().get(pen).is_none() {
             if !self.options.auto_register_pens {
@@ -378,6 +380,16 @@ impl Committer {
                 });
             }
             register = true;
+        }
+        if !self.flood.allow(pen, received_ms) {
+            return Err(Rejection {
+                reason: "rate_limited",
+                detail: format!(
+                    "pen {pen} exceeds {} messages/s after a burst of {}",
+                    self.options.flood_rate_per_s, self.options.flood_burst
+                ),
+                pen: Some(pen.to_string()),
+            });
         }
         let seq = decoded.seq();
         // A pen heard of for the first time may start anywhere (a pen registered after years

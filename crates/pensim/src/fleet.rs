@@ -374,7 +374,7 @@ fn new_udi(pen: &str, number: u64, fault: Option<SessionFault>) -> String {
         Some(SessionFault::Recalled) => (RECALLED_LOT.to_owned(), GOOD_UNTIL),
         _ => (format!("LOT{}", number % LOTS + 1), GOOD_UNTIL),
     };
-    Udi { gtin: gtin(), expiry, lot, serial: format!("{pen}-{number}") }.to_human_readable()
+    Udi::new(gtin(), expiry, lot, format!("{pen}-{number}")).to_human_readable()
 }
 
 async fn run_pen(

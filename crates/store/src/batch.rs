@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use penwarden_domain::compliance::{
     judge_cartridge_reuse, judge_disinfection, CartridgeUse, Judgement, PenFact, PenFactKind, Rule, SessionRef,
 };
+use penwarden_domain::udi::Date;
 use penwarden_domain::{CartridgeKey, ChainId, ClinicId, DeviceEvent, EventRecord, PenSerial, SessionId, Udi};
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -496,7 +497,8 @@ async fn record_session_start(
         .bind(&udi.gtin)
         .bind(&udi.serial)
         .bind(&udi.lot)
-        .bind(udi.expiry.to_string())
+        // The printed year's century is the one the session took place in.
+        .bind(udi.expiry_date(Date::from_unix_ms(record.device_time_unix_ms).year).to_string())
         .bind(now)
         .execute(&mut **tx)
         .await?;

@@ -6,7 +6,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use super::thresholds::{firmware_at_least, Thresholds};
 use super::{Judgement, Rule, SessionRef};
 use crate::event::TreatmentArea;
-use crate::udi::Udi;
+use crate::udi::{Date, Udi};
 
 /// What the registry knows of a cartridge lot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +36,11 @@ pub struct SessionFacts<'a> {
     pub pen_firmware: Option<&'a str>,
 }
 
-/// The canonical bytes a manufacturer signs: the human-readable UDI, so the raw and printed
-/// forms of one cartridge verify alike.
+/// The bytes a manufacturer signs: the element strings as read, in their order, in bracketed
+/// form ([`Udi::signed_form`]), so the raw and printed forms of one cartridge verify alike and
+/// nothing is re-printed (a day 00 stays 00). docs/protocol.md has worked examples.
 pub fn signed_message(udi: &Udi) -> Vec<u8> {
-    udi.to_human_readable().into_bytes()
+    udi.signed_form().into_bytes()
 }
 
 /// Judges the six session rules; one judgement per rule, in a fixed order.
@@ -84,8 +85,10 @@ fn unverified(facts: &SessionFacts<'_>, udi: Result<&Udi, &crate::udi::Error>) -
 }
 
 fn expired(facts: &SessionFacts<'_>, udi: &Udi) -> Option<String> {
-    (facts.started_unix_ms >= udi.expiry.end_unix_ms())
-        .then(|| format!("the session started after the cartridge expired on {} (lot {})", udi.expiry, udi.lot))
+    // The printed two-digit year is read in the century the session took place in.
+    let expiry = udi.expiry_date(Date::from_unix_ms(facts.started_unix_ms).year);
+    (facts.started_unix_ms >= expiry.end_unix_ms())
+        .then(|| format!("the session started after the cartridge expired on {expiry} (lot {})", udi.lot))
 }
 
 fn recalled(facts: &SessionFacts<'_>, udi: Option<&Udi>) -> Option<String> {
@@ -191,6 +194,31 @@ mod tests {
     fn a_genuine_cartridge_used_well_is_compliant() {
         let (lot, signature) = (lot(false), sign_udi(UDI));
         assert!(violated(&facts(Some(&lot), &signature)).is_empty());
+    }
+
+    #[test]
+    fn a_day_00_expiry_verifies_over_the_element_strings_as_read() {
+        // The manufacturer signs what it printed: "(17)300200", not a re-printed "(17)300228".
+        let udi = "(01)09506000134352(17)300200(10)LOT1(21)C1";
+        let signature = key().sign(udi.as_bytes()).to_bytes().to_vec();
+        let lot = lot(false);
+        let early = SessionFacts { cartridge_udi: udi, ..facts(Some(&lot), &signature) };
+        let before_end = Date { year: 2030, month: 2, day: 28 }.days_since_epoch() * 86_400_000;
+        assert!(violated(&SessionFacts { started_unix_ms: before_end, ..early.clone() }).is_empty());
+        let after_end = Date { year: 2030, month: 3, day: 1 }.days_since_epoch() * 86_400_000;
+        assert_eq!(violated(&SessionFacts { started_unix_ms: after_end, ..early }), ["CARTRIDGE_EXPIRED"]);
+    }
+
+    #[test]
+    fn a_production_date_is_verified_with_the_rest() {
+        let udi = "(01)09506000134352(11)290115(17)301231(10)LOT1(21)C1";
+        let signature = key().sign(udi.as_bytes()).to_bytes().to_vec();
+        let lot = lot(false);
+        assert!(violated(&SessionFacts { cartridge_udi: udi, ..facts(Some(&lot), &signature) }).is_empty());
+        // Signed without it, the UDI as read is not what was signed.
+        let without = key().sign(UDI.as_bytes()).to_bytes().to_vec();
+        let facts = SessionFacts { cartridge_udi: udi, ..facts(Some(&lot), &without) };
+        assert_eq!(violated(&facts), ["CARTRIDGE_UNVERIFIED"]);
     }
 
     #[test]

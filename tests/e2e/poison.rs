@@ -35,18 +35,20 @@ fn telemetry(pen: &str, seq: u64, time: i64, samples: usize) -> Vec<u8> {
 /// Mosquitto, InfluxDB 1.x and penwarden (v1 API, metrics on), with chain-a, clinic-a and the
 /// given pens (serial, model) registered.
 async fn start(pens: &[(&str, &str)]) -> (Mosquitto, Influxd, Penwarden, String) {
+    start_with(pens, &[]).await
+}
+
+async fn start_with(pens: &[(&str, &str)], extra_env: &[(&str, String)]) -> (Mosquitto, Influxd, Penwarden, String) {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
     let metrics_addr = format!("127.0.0.1:{}", penwarden_tests::free_port());
-    let penwarden = Penwarden::start(
-        &mosquitto.url(),
-        &[
-            ("PENWARDEN_INFLUX_URL", influxd.url()),
-            ("PENWARDEN_INFLUX_API", "v1".into()),
-            ("PENWARDEN_METRICS_ADDR", metrics_addr.clone()),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_METRICS_ADDR", metrics_addr.clone()),
+    ];
+    env.extend(extra_env.iter().cloned());
+    let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
     let mut fleet = penwarden.fleet().await;
     fleet.register_chain(api::RegisterChainRequest { chain_id: "chain-a".into(), name: "A".into() }).await.unwrap();
     let clinic =
@@ -347,5 +349,62 @@ async fn pensim_numbers_on_in_a_second_run_against_the_same_store() {
     assert_eq!(recorded, events, "every event of both runs, none taken for a duplicate");
     let listed = quarantine(&penwarden).await;
     assert!(listed.messages.is_empty(), "nothing quarantined: {:?}", listed.counts_by_reason);
+    assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
+}
+
+async fn stored_events(penwarden: &Penwarden) -> Option<u64> {
+    let store_url = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store = penwarden_store::Store::connect(&store_url).await.ok()?;
+    let count = store.event_count().await.ok()? as u64;
+    store.close().await;
+    Some(count)
+}
+
+fn replay(penwarden: &Penwarden, args: &[&str]) -> String {
+    let output = std::process::Command::new(penwarden_tests::binary("penwarden"))
+        .args(["quarantine", "replay", "--grpc-url", &penwarden.endpoint()])
+        .args(args)
+        .env("PENWARDEN_API_KEY", &penwarden.admin_token)
+        .output()
+        .expect("run penwarden quarantine replay");
+    assert!(output.status.success(), "replay failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_messages_are_replayed_after_review_once() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("penwarden.toml");
+    std::fs::write(&config, "[ingest]\nflood_burst = 20\nflood_rate_per_s = 0\n").unwrap();
+    let (mosquitto, _influxd, mut penwarden, _) =
+        start_with(&[("P1", "SP-2"), ("P2", "SP-2")], &[("PENWARDEN_CONFIG", config.display().to_string())]).await;
+    let mut publisher = Publisher::connect(mosquitto.port).await;
+    let t0 = now_ms() - 60_000;
+    for seq in 1..=25 {
+        publisher.publish("pw/v1/pens/P1/events", event("P1", seq, t0 + seq as i64, status(50.0))).await;
+    }
+    publisher.publish("pw/v1/pens/P2/events", event("P2", 1, t0, status(50.0))).await;
+    let events = wait_for("20 of P1's events and P2's", Duration::from_secs(30), || async {
+        stored_events(&penwarden).await.filter(|n| *n == 21)
+    })
+    .await;
+    assert_eq!(events, 21);
+    assert_eq!(quarantine(&penwarden).await.counts_by_reason.get("rate_limited"), Some(&5));
+
+    let printed = replay(&penwarden, &["--reason", "rate_limited", "--pen", "P1", "--since", "1970-01-01"]);
+    assert!(printed.contains("replayed 5 quarantined messages (reason rate_limited, pen P1"), "{printed}");
+    assert!(printed.contains("quarantine ids: "), "{printed}");
+    let events = wait_for("the replayed events", Duration::from_secs(30), || async {
+        stored_events(&penwarden).await.filter(|n| *n == 26)
+    })
+    .await;
+    assert_eq!(events, 26, "every rate-limited event is in the record now");
+    // Again: nothing is replayed twice, and the output says so.
+    let printed = replay(&penwarden, &["--reason", "rate_limited"]);
+    assert!(printed.contains("replayed 0 quarantined messages"), "{printed}");
+    assert!(printed.contains("already replayed before: 5"), "{printed}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored_events(&penwarden).await, Some(26));
+    assert_eq!(quarantine(&penwarden).await.messages.len(), 5, "the originals stay, nothing new");
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }

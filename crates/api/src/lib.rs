@@ -38,14 +38,23 @@ pub struct Server {
     listener: TcpListener,
     store: Store,
     derived_lines: DerivedLines,
+    replays: Replays,
 }
+
+/// Where ReplayQuarantine sends the messages it replays: the ingest pipeline.
+pub type Replays = tokio::sync::mpsc::Sender<penwarden_store::Replayable>;
 
 impl Server {
     /// `derived_lines` turns changes the API makes to the record (a recall) into time-series
-    /// lines for the outbox.
-    pub async fn bind(addr: SocketAddr, store: Store, derived_lines: DerivedLines) -> Result<Server, Error> {
+    /// lines for the outbox; `replays` takes quarantined messages an operator replays.
+    pub async fn bind(
+        addr: SocketAddr,
+        store: Store,
+        derived_lines: DerivedLines,
+        replays: Replays,
+    ) -> Result<Server, Error> {
         let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-        Ok(Server { listener, store, derived_lines })
+        Ok(Server { listener, store, derived_lines, replays })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -69,7 +78,7 @@ impl Server {
             ComplianceServiceServer::new(ComplianceApi::new(self.store.clone(), auth.clone(), shutdown.clone()));
         let fleet =
             FleetServiceServer::new(FleetApi::new(self.store.clone(), self.derived_lines.clone(), auth.clone()));
-        let quarantine = QuarantineServiceServer::new(QuarantineApi::new(self.store.clone(), auth));
+        let quarantine = QuarantineServiceServer::new(QuarantineApi::new(self.store.clone(), auth, self.replays));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         Ok(tokio::spawn(async move {
             health_reporter.set_serving::<ComplianceServiceServer<ComplianceApi>>().await;

@@ -49,6 +49,9 @@ pub(crate) struct Incoming {
     /// The payload's size as it arrived. A payload over the ingest limit is cut to an excerpt
     /// here, so a hostile message holds memory only while it is read.
     pub(crate) payload_len: usize,
+    /// The quarantine entry this message is replayed from (an operator's review, not the
+    /// broker): it is not rate limited, and nothing acks it.
+    pub(crate) replay_of: Option<i64>,
 }
 
 impl Incoming {
@@ -59,7 +62,15 @@ impl Incoming {
             let excerpt = &publish.payload[..payload_len.min(OVERSIZED_EXCERPT_BYTES)];
             publish.payload = bytes::Bytes::copy_from_slice(excerpt);
         }
-        Incoming { publish, connection, payload_len }
+        Incoming { publish, connection, payload_len, replay_of: None }
+    }
+
+    /// A quarantined message, fed to ingest again. Connection 0 is never a live one, so its
+    /// ack is dropped.
+    pub(crate) fn replay(replayable: penwarden_store::Replayable) -> Incoming {
+        let payload_len = replayable.payload.len();
+        let publish = Publish::new(replayable.topic, QoS::AtLeastOnce, replayable.payload);
+        Incoming { publish, connection: 0, payload_len, replay_of: Some(replayable.id) }
     }
 
     /// True when the payload was cut because it is over the ingest limit.

@@ -86,8 +86,23 @@ impl Service {
 
     /// Runs until `shutdown` turns true, then stops taking messages, finishes and acks what it
     /// holds, and returns.
-    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> JoinHandle<Result<(), Error>> {
+    ///
+    /// `replays` brings quarantined messages an operator replays (the API's ReplayQuarantine):
+    /// they go through the same pipeline as the broker's, without rate limiting or acks.
+    pub fn spawn(
+        self,
+        shutdown: watch::Receiver<bool>,
+        mut replays: mpsc::Receiver<penwarden_store::Replayable>,
+    ) -> JoinHandle<Result<(), Error>> {
         let (forward, receive) = mpsc::channel(self.options.batch_max_messages * 2);
+        let replay_forward = forward.clone();
+        tokio::spawn(async move {
+            while let Some(replayable) = replays.recv().await {
+                if replay_forward.send(Incoming::replay(replayable)).await.is_err() {
+                    break;
+                }
+            }
+        });
         // Committed batches queue for their InfluxDB write, so a slow write does not hold up
         // the commits behind it (and the violations they raise). The bound keeps what waits
         // unacked, in memory, to a few batches.
@@ -234,15 +249,14 @@ impl Committer {
             } else {
                 decode::decode(&self.options.topic_root, &publish.topic, &publish.payload, received_ms, &limits)
             };
-            match decoded.and_then(|decoded| self.admit(decoded, index, received_ms)) {
+            match decoded.and_then(|decoded| self.admit(decoded, index, message.replay_of.is_some(), received_ms)) {
                 Ok(message) => {
                     let lag_ms = received_ms - message.decoded.device_time_ms();
                     metrics::histogram!("penwarden_ingest_lag_seconds").record(lag_ms as f64 / 1000.0);
                     admitted.push(message);
                 }
                 Err(rejection) => {
-                    let entry = quarantine_entry(received_ms, &publish.topic, &publish.payload, rejection);
-                    quarantine.push(QuarantineEntry { payload_len: message.payload_len, ..entry });
+                    quarantine.push(message_quarantine_entry(received_ms, message, rejection));
                 }
             }
         }
@@ -283,14 +297,21 @@ impl Committer {
                         detail: format!("the store refused this message: {e}"),
                         pen: Some(part[0].decoded.pen().to_string()),
                     };
-                    let entry =
-                        quarantine_entry(received_ms, &message.publish.topic, &message.publish.payload, rejection);
                     let mut entries = batch.quarantine;
-                    entries.push(QuarantineEntry { payload_len: message.payload_len, ..entry });
+                    entries.push(message_quarantine_entry(received_ms, message, rejection));
                     parts.push((Vec::new(), entries));
                 }
                 Err(e) => return Err(e),
             }
+        }
+        let replayed: Vec<i64> = messages.iter().filter_map(|message| message.replay_of).collect();
+        if !replayed.is_empty() {
+            // Marked after the commit: a crash in between replays them again, which changes
+            // nothing (the pipeline is idempotent).
+            if let Err(e) = self.store.mark_replayed(&replayed, received_ms).await {
+                tracing::warn!(error = %e, "could not mark replayed quarantine entries; a new replay takes them again");
+            }
+            metrics::counter!("penwarden_quarantine_replayed_total").increment(replayed.len() as u64);
         }
         committed.sort_by_key(|message| message.index);
         let telemetry = committed
@@ -366,7 +387,7 @@ impl Committer {
 
     /// Floods and unknown pens are quarantined (unknown pens are registered on the fly when
     /// auto-registration is on).
-    fn admit(&mut self, decoded: Decoded, index: usize, received_ms: i64) -> Result<Admitted, Rejection> {
+    fn admit(&mut self, decoded: Decoded, index: usize, replay: bool, received_ms: i64) -> Result<Admitted, Rejection> {
         let pen = decoded.pen();
         // Unknown pens first: they get no flood bucket (20,000 made-up serials would otherwise
         // leave 20,000 buckets behind).
@@ -381,7 +402,8 @@ impl Committer {
             }
             register = true;
         }
-        if !self.flood.allow(pen, received_ms) {
+        // A replay was reviewed by an operator: it is not part of a flood.
+        if !replay && !self.flood.allow(pen, received_ms) {
             return Err(Rejection {
                 reason: "rate_limited",
                 detail: format!(
@@ -446,8 +468,7 @@ fn seq_conflicts(
                 ),
                 pen: Some(pen.to_string()),
             };
-            let entry = quarantine_entry(received_ms, &message.publish.topic, &message.publish.payload, rejection);
-            QuarantineEntry { payload_len: message.payload_len, ..entry }
+            message_quarantine_entry(received_ms, message, rejection)
         })
         .collect()
 }
@@ -722,6 +743,18 @@ fn quarantine_entry(received_ms: i64, topic: &str, payload: &[u8], rejection: Re
         detail: rejection.detail,
         payload_excerpt: excerpt.escape_ascii().to_string(),
         payload_len: payload.len(),
+        payload: None,
+    }
+}
+
+/// The quarantine entry of an MQTT message: its size as it arrived, and its whole payload
+/// (for replay after review) unless it was cut for being over the limit.
+fn message_quarantine_entry(received_ms: i64, message: &Incoming, rejection: Rejection) -> QuarantineEntry {
+    let publish = &message.publish;
+    QuarantineEntry {
+        payload_len: message.payload_len,
+        payload: (!message.is_cut()).then(|| publish.payload.to_vec()),
+        ..quarantine_entry(received_ms, &publish.topic, &publish.payload, rejection)
     }
 }
 

@@ -124,6 +124,7 @@ mod tests {
             detail: "why".into(),
             payload_excerpt: String::new(),
             payload_len: 0,
+            payload: None,
         }
     }
 

@@ -48,13 +48,14 @@ enum Command {
         #[arg(long)]
         rule: Option<String>,
     },
-    /// Count quarantined messages by reason and list the newest (through the gRPC API).
+    /// Count quarantined messages by reason and list the newest, or replay them after review
+    /// (through the gRPC API).
+    #[command(subcommand_negates_reqs = true)]
     Quarantine {
-        #[arg(long, env = "PENWARDEN_GRPC_URL", default_value = "http://127.0.0.1:50051")]
-        grpc_url: String,
-        /// An admin API key's token.
-        #[arg(long, env = "PENWARDEN_API_KEY", hide_env_values = true)]
-        api_key: String,
+        #[command(subcommand)]
+        action: Option<QuarantineAction>,
+        #[command(flatten)]
+        access: ApiAccess,
         /// Only this reason, e.g. decode_error.
         #[arg(long)]
         reason: Option<String>,
@@ -64,6 +65,36 @@ enum Command {
         /// How many of the newest messages to show.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+}
+
+/// Where the running penwarden is, and the key to ask it with.
+#[derive(clap::Args)]
+struct ApiAccess {
+    #[arg(long, env = "PENWARDEN_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+    grpc_url: String,
+    /// An admin API key's token.
+    #[arg(long, env = "PENWARDEN_API_KEY", hide_env_values = true)]
+    api_key: String,
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// Feed quarantined messages of one reason to ingest again, each once, without rate
+    /// limiting; prints what was replayed. A message that still fails is quarantined again.
+    Replay {
+        #[command(flatten)]
+        access: ApiAccess,
+        /// The reason of the messages to replay, e.g. rate_limited.
+        #[arg(long)]
+        reason: String,
+        /// Only this pen's messages.
+        #[arg(long)]
+        pen: Option<String>,
+        /// Only messages received at or after this time: Unix milliseconds, or
+        /// YYYY-MM-DD[THH:MM[:SS]][Z] in UTC.
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -102,8 +133,11 @@ fn main() -> ExitCode {
             ApikeyAction::Revoke { key_id } => apikey::revoke(config.as_deref(), &key_id),
         },
         Command::Violations { grpc_url, api_key, rule } => query::violations(&grpc_url, &api_key, rule),
-        Command::Quarantine { grpc_url, api_key, reason, pen, limit } => {
-            query::quarantine(&grpc_url, &api_key, reason, pen, limit)
+        Command::Quarantine { action: None, access, reason, pen, limit } => {
+            query::quarantine(&access.grpc_url, &access.api_key, reason, pen, limit)
+        }
+        Command::Quarantine { action: Some(QuarantineAction::Replay { access, reason, pen, since }), .. } => {
+            query::replay(&access.grpc_url, &access.api_key, reason, pen, since.as_deref())
         }
     };
     match result {

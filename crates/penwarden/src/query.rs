@@ -1,12 +1,13 @@
 //! Operator commands that read a running penwarden through the same gRPC API clients use:
-//! `penwarden violations` (counts by rule, newest violation) and `penwarden quarantine`.
+//! `penwarden violations` (counts by rule, newest violation), `penwarden quarantine` and
+//! `penwarden quarantine replay`.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient;
 use penwarden_proto::api::v1::quarantine_service_client::QuarantineServiceClient;
-use penwarden_proto::api::v1::{ListQuarantineRequest, ListViolationsRequest};
+use penwarden_proto::api::v1::{ListQuarantineRequest, ListViolationsRequest, ReplayQuarantineRequest};
 use penwarden_proto::BearerToken;
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
@@ -59,6 +60,85 @@ pub(crate) fn quarantine(
     })
 }
 
+pub(crate) fn replay(
+    grpc_url: &str,
+    api_key: &str,
+    reason: String,
+    pen: Option<String>,
+    since: Option<&str>,
+) -> anyhow::Result<()> {
+    let since_unix_ms = since.map(parse_time).transpose()?.unwrap_or(0);
+    block_on(async {
+        let (channel, token) = channel(grpc_url, api_key).await?;
+        let mut client: QuarantineServiceClient<Authenticated> =
+            QuarantineServiceClient::with_interceptor(channel, token);
+        let request = ReplayQuarantineRequest {
+            reason: reason.clone(),
+            pen_serial: pen.clone().unwrap_or_default(),
+            since_unix_ms,
+            limit: 0,
+        };
+        let response = client.replay_quarantine(request).await.map_err(status_error)?.into_inner();
+        let pen = pen.map_or_else(String::new, |pen| format!(", pen {pen}"));
+        let since = since.map_or_else(String::new, |since| format!(", since {since}"));
+        println!("replayed {} quarantined messages (reason {reason}{pen}{since})", response.replayed_ids.len());
+        if !response.replayed_ids.is_empty() {
+            println!("  quarantine ids: {}", id_ranges(&response.replayed_ids));
+        }
+        println!("  already replayed before: {}", response.already_replayed);
+        println!("  not replayable (payload cut for being over the size limit): {}", response.not_replayable);
+        if response.left_for_later > 0 {
+            println!("  left for the next run (over the limit of one request): {}", response.left_for_later);
+        }
+        println!("what still fails is quarantined again: see `penwarden quarantine`");
+        Ok(())
+    })
+}
+
+/// Unix milliseconds, or YYYY-MM-DD[THH:MM[:SS]][Z] in UTC.
+fn parse_time(text: &str) -> anyhow::Result<i64> {
+    if let Ok(unix_ms) = text.parse::<i64>() {
+        return Ok(unix_ms);
+    }
+    let bad = || anyhow::anyhow!("--since {text:?}: expected Unix milliseconds or YYYY-MM-DD[THH:MM[:SS]][Z]");
+    let text = text.strip_suffix('Z').unwrap_or(text);
+    let (date, time) = text.split_once('T').unwrap_or((text, "00:00"));
+    let number = |part: Option<&str>| part.and_then(|p| p.parse::<u16>().ok()).ok_or_else(bad);
+    let mut date_parts = date.split('-');
+    let (year, month, day) = (number(date_parts.next())?, number(date_parts.next())?, number(date_parts.next())?);
+    let mut time_parts = time.split(':');
+    let (hour, minute) = (number(time_parts.next())?, number(time_parts.next())?);
+    let second = time_parts.next().map_or(Ok(0), |s| number(Some(s)))?;
+    if date_parts.next().is_some()
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return Err(bad());
+    }
+    let date = penwarden_domain::udi::Date { year, month: month as u8, day: day as u8 };
+    Ok(date.days_since_epoch() * 86_400_000
+        + (i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)) * 1000)
+}
+
+/// `1-3, 7, 9-10` for ids 1, 2, 3, 7, 9, 10 (sorted).
+fn id_ranges(ids: &[i64]) -> String {
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for &id in ids {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == id => *end = id,
+            _ => ranges.push((id, id)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|(start, end)| if start == end { start.to_string() } else { format!("{start}-{end}") })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn violations(grpc_url: &str, api_key: &str, rule: Option<String>) -> anyhow::Result<()> {
     block_on(async {
         let (channel, token) = channel(grpc_url, api_key).await?;
@@ -97,4 +177,19 @@ pub(crate) fn violations(grpc_url: &str, api_key: &str, rule: Option<String>) ->
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_id_ranges() {
+        assert_eq!(parse_time("1700000000000").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_time("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_time("1970-01-02").unwrap(), 86_400_000);
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2023-13-01").is_err());
+        assert_eq!(id_ranges(&[1, 2, 3, 7, 9, 10]), "1-3, 7, 9-10");
+    }
 }

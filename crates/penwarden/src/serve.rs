@@ -47,14 +47,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let directory = store.directory().clone();
     let derived_lines: penwarden_api::DerivedLines =
         Arc::new(move |effects| penwarden_ingest::points::derived(effects, &directory));
-    let api = penwarden_api::Server::bind(config.api.grpc_addr, store.clone(), derived_lines).await?;
+    let (replays, replayed) = tokio::sync::mpsc::channel(1024);
+    let api = penwarden_api::Server::bind(config.api.grpc_addr, store.clone(), derived_lines, replays).await?;
     let grpc_addr = api.local_addr()?;
     let ingest = penwarden_ingest::Service::connect(config.ingest.clone(), store.clone(), writer).await?;
     let stats = ingest.stats();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let api_task = api.spawn(stop_rx.clone())?;
-    let mut ingest_task = ingest.spawn(stop_rx);
+    let mut ingest_task = ingest.spawn(stop_rx, replayed);
     tracing::info!(%grpc_addr, mqtt = %config.ingest.mqtt_url, influx = %config.influx.url, store = %config.store.url, "penwarden serving");
 
     let mut terminate = signal(SignalKind::terminate())?;

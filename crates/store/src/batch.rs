@@ -38,6 +38,9 @@ pub struct QuarantineEntry {
     pub detail: String,
     pub payload_excerpt: String,
     pub payload_len: usize,
+    /// The whole payload, kept so the message can be replayed after review; `None` when it
+    /// was cut for being over the size limit, or is not a message (a line InfluxDB refused).
+    pub payload: Option<Vec<u8>>,
 }
 
 /// Everything one batch of MQTT messages asks of the record.
@@ -360,8 +363,8 @@ impl Store {
 
 async fn insert_quarantine(connection: &mut sqlx::SqliteConnection, entry: &QuarantineEntry) -> Result<()> {
     sqlx::query(
-        "INSERT INTO quarantine (received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO quarantine (received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len, payload)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(entry.received_ms)
     .bind(&entry.topic)
@@ -370,6 +373,7 @@ async fn insert_quarantine(connection: &mut sqlx::SqliteConnection, entry: &Quar
     .bind(&entry.detail)
     .bind(&entry.payload_excerpt)
     .bind(entry.payload_len as i64)
+    .bind(entry.payload.as_deref())
     .execute(connection)
     .await?;
     Ok(())

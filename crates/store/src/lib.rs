@@ -22,7 +22,8 @@ pub use batch::{
 pub use directory::{PenDirectory, PenPlacement};
 pub use fleet::{ChainRow, ClinicRow, LotRow, PenRow};
 pub use queries::{
-    CartridgeView, PenSterilityView, QuarantineFilter, QuarantineRow, SessionView, ViolationFilter, ViolationRow,
+    CartridgeView, PenSterilityView, QuarantineFilter, QuarantineRow, ReplaySelection, Replayable, SessionView,
+    ViolationFilter, ViolationRow,
 };
 pub use reports::{ComplianceReportView, LotClinicUse, LotTrace, ReportFilter};
 

@@ -113,6 +113,24 @@ impl Default for ViolationFilter {
     }
 }
 
+/// A quarantined message to feed to ingest again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayable {
+    pub id: i64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// What a replay request selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplaySelection {
+    pub messages: Vec<Replayable>,
+    pub already_replayed: u64,
+    pub not_replayable: u64,
+    /// Replayable, beyond the request's limit: the next request takes them.
+    pub left_for_later: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct QuarantineFilter {
     pub reason: Option<String>,
@@ -238,6 +256,54 @@ impl Store {
                 .as_ref()
                 .is_some_and(|r| r.get::<Option<bool>, _>(1).unwrap_or(false)),
         })
+    }
+
+    /// The quarantined messages `filter` selects (newest first, at most `filter.limit`) that
+    /// can be replayed: whole payload kept, not replayed yet; and how many it selects that
+    /// were replayed already or cannot be (payload cut for size, or not a message).
+    pub async fn replayable_quarantine(&self, filter: &QuarantineFilter) -> Result<ReplaySelection> {
+        let mut counts: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "SELECT COALESCE(SUM(replayed_ms IS NOT NULL), 0),
+                 COALESCE(SUM(replayed_ms IS NULL AND payload IS NULL), 0),
+                 COALESCE(SUM(replayed_ms IS NULL AND payload IS NOT NULL), 0)
+             FROM quarantine",
+        );
+        filter.push_conditions(&mut counts);
+        let counts = counts.build().fetch_one(&self.pool).await?;
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT id, topic, payload FROM quarantine");
+        filter.push_conditions(&mut query);
+        query.push(" AND replayed_ms IS NULL AND payload IS NOT NULL ORDER BY id LIMIT ");
+        query.push_bind(i64::from(filter.limit));
+        let messages: Vec<Replayable> = query
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Replayable { id: row.get(0), topic: row.get(1), payload: row.get(2) })
+            .collect();
+        let replayable = counts.get::<i64, _>(2).max(0) as u64;
+        Ok(ReplaySelection {
+            left_for_later: replayable.saturating_sub(messages.len() as u64),
+            messages,
+            already_replayed: counts.get::<i64, _>(0).max(0) as u64,
+            not_replayable: counts.get::<i64, _>(1).max(0) as u64,
+        })
+    }
+
+    /// Records that these quarantined messages went through ingest again.
+    pub async fn mark_replayed(&self, ids: &[i64], now_ms: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("UPDATE quarantine SET replayed_ms = ");
+        query.push_bind(now_ms).push(" WHERE replayed_ms IS NULL AND id IN (");
+        let mut ids_list = query.separated(", ");
+        for id in ids {
+            ids_list.push_bind(*id);
+        }
+        query.push(")");
+        query.build().execute(&self.writer).await?;
+        Ok(())
     }
 
     /// Violations newest first (by id), filtered.

@@ -7,6 +7,10 @@ use penwarden_domain::compliance::signed_message;
 use penwarden_domain::{DeviceEvent, DisinfectionMethod, EventRecord, PenSerial, SessionId, TreatmentArea, Udi};
 use penwarden_store::{IngestBatch, LotRow, PenStateUpdate, Store, ViolationFilter};
 
+/// Device times in these tests count from here (2027-01-15): a UDI's two-digit year is read in
+/// the century of the session's time, so sessions must be set in this era, as real ones are.
+const ERA: i64 = 1_800_000_000_000;
+
 const UDI: &str = "(01)09506000134352(17)301231(10)LOT7(21)C-1";
 
 fn pen(serial: &str) -> PenSerial {
@@ -30,7 +34,7 @@ fn start_signed(pen_serial: &str, seq: u64, time: i64, session: &str, udi: &str,
     EventRecord {
         pen: pen(pen_serial),
         seq,
-        device_time_unix_ms: time,
+        device_time_unix_ms: ERA + time,
         event: DeviceEvent::SessionStarted {
             session_id: SessionId::parse(session).unwrap(),
             cartridge_udi: udi.into(),
@@ -46,7 +50,7 @@ fn end(pen_serial: &str, seq: u64, time: i64, session: &str) -> EventRecord {
     EventRecord {
         pen: pen(pen_serial),
         seq,
-        device_time_unix_ms: time,
+        device_time_unix_ms: ERA + time,
         event: DeviceEvent::SessionEnded {
             session_id: SessionId::parse(session).unwrap(),
             duration_ms: 1000,
@@ -61,7 +65,7 @@ fn wipe(pen_serial: &str, seq: u64, time: i64) -> EventRecord {
     EventRecord {
         pen: pen(pen_serial),
         seq,
-        device_time_unix_ms: time,
+        device_time_unix_ms: ERA + time,
         event: DeviceEvent::Disinfected { method: DisinfectionMethod::AlcoholWipe, sheath_changed: true },
     }
 }
@@ -267,17 +271,10 @@ async fn authenticity_expiry_and_retroactive_recall() {
     apply(
         &store,
         vec![
-            start("P1", 1, 1_800_000_000_000, "fine", UDI),
-            start("P2", 1, 1_800_000_000_000, "unknown-lot", unknown_lot),
-            start_signed(
-                "P3",
-                1,
-                1_800_000_000_000,
-                "counterfeit",
-                "(01)09506000134352(17)301231(10)LOT7(21)F1",
-                forged,
-            ),
-            start("P4", 1, 1_800_000_000_000, "expired", expired),
+            start("P1", 1, 0, "fine", UDI),
+            start("P2", 1, 0, "unknown-lot", unknown_lot),
+            start_signed("P3", 1, 0, "counterfeit", "(01)09506000134352(17)301231(10)LOT7(21)F1", forged),
+            start("P4", 1, 0, "expired", expired),
         ],
     )
     .await;
@@ -294,11 +291,7 @@ async fn authenticity_expiry_and_retroactive_recall() {
     assert_eq!(effects.raised.len(), 2);
     assert_eq!(store.pending_outbox(10).await.unwrap().last().unwrap().lines, "2 raised");
     // A session on a recalled lot arriving afterwards is flagged on arrival.
-    apply(
-        &store,
-        vec![start("P5", 1, 1_800_000_000_000, "after-recall", "(01)09506000134352(17)301231(10)LOT7(21)C-9")],
-    )
-    .await;
+    apply(&store, vec![start("P5", 1, 0, "after-recall", "(01)09506000134352(17)301231(10)LOT7(21)C-9")]).await;
     assert_eq!(active(&store, "CARTRIDGE_RECALLED").await, ["after-recall", "counterfeit", "fine"]);
     let missing = store.recall_lot("09506000134352", "NOPE", "x", 6, |_| Vec::new()).await;
     assert!(matches!(missing, Err(penwarden_store::Error::NotFound(_))));

@@ -31,6 +31,10 @@ pub struct Options {
     pub client_id: String,
     pub topic_root: String,
     pub keep_alive_s: u64,
+    /// MQTT 5 receive maximum: how many QoS 1 messages the broker may send before their acks
+    /// come back. Above capacity it is what keeps acks moving (src/mqtt.rs); keep it above
+    /// what the pipeline holds at full rate (a few batches), or ingest waits for the broker.
+    pub receive_maximum: u16,
     /// Messages per store transaction and InfluxDB write, at most.
     pub batch_max_messages: usize,
     /// How long a batch of telemetry may wait to fill up. A device event does not wait: its
@@ -62,6 +66,7 @@ impl Default for Options {
             client_id: "penwarden-ingest".into(),
             topic_root: "pw/v1".into(),
             keep_alive_s: 30,
+            receive_maximum: 10_000,
             batch_max_messages: 2000,
             batch_max_delay_ms: 25,
             max_payload_bytes: 256 * 1024,

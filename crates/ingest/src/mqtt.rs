@@ -1,11 +1,21 @@
 //! The MQTT side: a persistent session with manual acks, re-subscribing whenever the broker
 //! has no session for us (rumqttc does not do that by itself).
+//!
+//! MQTT 5, for its flow control: the CONNECT's receive maximum bounds how many QoS 1 messages
+//! the broker sends before their acks come back. With MQTT 3.1.1 nothing bounds it on the
+//! client's side; above capacity rumqttc's event loop then reads ten incoming packets for each
+//! ack it writes, acks fall behind without limit, the broker's PINGRESP waits behind the
+//! backlog until the keep-alive gives up, and every unacked message comes again after the
+//! reconnect: a livelock. With a receive maximum, the broker stops sending at that many
+//! unacked messages, so reading pauses on its own and the acks go out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
 
 use crate::pipeline::Error;
@@ -44,7 +54,11 @@ impl MqttAddress {
 const MAX_PENDING: usize = 20_000;
 
 pub(crate) struct Incoming {
-    pub(crate) publish: Publish,
+    pub(crate) topic: String,
+    pub(crate) payload: bytes::Bytes,
+    /// The packet id and QoS, which make its ack.
+    pkid: u16,
+    qos: QoS,
     pub(crate) connection: u64,
     /// The payload's size as it arrived. A payload over the ingest limit is cut to an excerpt
     /// here, so a hostile message holds memory only while it is read.
@@ -55,27 +69,44 @@ pub(crate) struct Incoming {
 }
 
 impl Incoming {
-    fn new(mut publish: Publish, connection: u64, max_payload_bytes: usize) -> Incoming {
+    fn new(publish: Publish, connection: u64, max_payload_bytes: usize) -> Incoming {
         let payload_len = publish.payload.len();
-        if payload_len > max_payload_bytes {
+        let payload = if payload_len > max_payload_bytes {
             // A copy, not a slice: a slice would keep the whole buffer alive.
-            let excerpt = &publish.payload[..payload_len.min(OVERSIZED_EXCERPT_BYTES)];
-            publish.payload = bytes::Bytes::copy_from_slice(excerpt);
-        }
-        Incoming { publish, connection, payload_len, replay_of: None }
+            bytes::Bytes::copy_from_slice(&publish.payload[..payload_len.min(OVERSIZED_EXCERPT_BYTES)])
+        } else {
+            publish.payload
+        };
+        // MQTT topics are UTF-8; anything else is read lossily and fails topic validation.
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        Incoming { topic, payload, pkid: publish.pkid, qos: publish.qos, connection, payload_len, replay_of: None }
     }
 
     /// A quarantined message, fed to ingest again. Connection 0 is never a live one, so its
     /// ack is dropped.
     pub(crate) fn replay(replayable: penwarden_store::Replayable) -> Incoming {
         let payload_len = replayable.payload.len();
-        let publish = Publish::new(replayable.topic, QoS::AtLeastOnce, replayable.payload);
-        Incoming { publish, connection: 0, payload_len, replay_of: Some(replayable.id) }
+        Incoming {
+            topic: replayable.topic,
+            payload: replayable.payload.into(),
+            pkid: 0,
+            qos: QoS::AtLeastOnce,
+            connection: 0,
+            payload_len,
+            replay_of: Some(replayable.id),
+        }
     }
 
     /// True when the payload was cut because it is over the ingest limit.
     pub(crate) fn is_cut(&self) -> bool {
-        self.publish.payload.len() < self.payload_len
+        self.payload.len() < self.payload_len
+    }
+
+    /// What acks this message: only the packet id and QoS matter.
+    fn ack(&self) -> Publish {
+        let mut ack = Publish::new("", self.qos, Vec::new(), None);
+        ack.pkid = self.pkid;
+        ack
     }
 }
 
@@ -84,9 +115,11 @@ const OVERSIZED_EXCERPT_BYTES: usize = 1024;
 
 /// The largest packet MQTT can frame (its remaining-length field tops out at 256 MiB). The
 /// client takes every packet the protocol allows: one it refused would drop the connection, come
-/// back on every reconnect and hold up every pen behind it. Size is judged after reading, by
-/// the ingest limit, and a payload over it goes to the quarantine and is acked.
-const MQTT_MAX_PACKET_BYTES: usize = 268_435_455 + 5;
+/// back on every reconnect and hold up every pen behind it (and announced as the CONNECT's
+/// maximum packet size, a smaller one would make the broker drop larger messages unseen). Size
+/// is judged after reading, by the ingest limit, and a payload over it goes to the quarantine
+/// and is acked.
+const MQTT_MAX_PACKET_BYTES: u32 = 268_435_455 + 5;
 
 /// A connection lost sooner than this after it was made does not reset the reconnect backoff:
 /// a broker that accepts and then drops us at once is not healthy.
@@ -108,10 +141,8 @@ impl Acker {
     /// redelivers those anyway).
     pub(crate) fn ack(&mut self, message: &Incoming) {
         self.flush();
-        if !self.overflow.is_empty() || !self.try_ack(&message.publish, message.connection) {
-            // Only the packet id and QoS make an ack: keep those, not the payload.
-            let mut ack = Publish::new("", message.publish.qos, Vec::new());
-            ack.pkid = message.publish.pkid;
+        let ack = message.ack();
+        if !self.overflow.is_empty() || !self.try_ack(&ack, message.connection) {
             self.overflow.push_back((ack, message.connection));
         }
     }
@@ -149,7 +180,7 @@ impl Acker {
         }
         match self.client.try_ack(publish) {
             Ok(()) => true,
-            Err(rumqttc::ClientError::TryRequest(_)) => false,
+            Err(rumqttc::v5::ClientError::TryRequest(_)) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
                 true
@@ -162,7 +193,7 @@ pub(crate) struct Connection {
     client: AsyncClient,
     eventloop: EventLoop,
     connection: Arc<AtomicU64>,
-    filters: Vec<SubscribeFilter>,
+    filters: Vec<Filter>,
     max_payload_bytes: usize,
 }
 
@@ -171,15 +202,19 @@ impl Connection {
     pub(crate) async fn open(options: &Options) -> Result<Connection, Error> {
         let address = MqttAddress::parse(&options.mqtt_url).map_err(Error::Config)?;
         let mut mqtt = MqttOptions::new(&options.client_id, &address.host, address.port);
-        mqtt.set_clean_session(false)
+        mqtt.set_clean_start(false)
+            // The session outlives the connection (MQTT 5 ends it with the connection unless
+            // told otherwise): 0xFFFFFFFF is "never expires".
+            .set_session_expiry_interval(Some(u32::MAX))
+            .set_receive_maximum(Some(options.receive_maximum.max(1)))
             .set_manual_acks(true)
             .set_keep_alive(Duration::from_secs(options.keep_alive_s.max(5)))
-            .set_max_packet_size(MQTT_MAX_PACKET_BYTES, 1024 * 1024)
+            .set_max_packet_size(Some(MQTT_MAX_PACKET_BYTES))
             .set_request_channel_capacity(1 << 16);
         let (client, mut eventloop) = AsyncClient::new(mqtt, 1 << 16);
         let filters = Channel::ALL
             .into_iter()
-            .map(|channel| SubscribeFilter::new(topic::filter(&options.topic_root, channel), QoS::AtLeastOnce))
+            .map(|channel| Filter::new(topic::filter(&options.topic_root, channel), QoS::AtLeastOnce))
             .collect();
         // The first connection is number 1; each loss (or failed attempt) moves it on (`on_lost`).
         let connection = Arc::new(AtomicU64::new(1));

@@ -243,11 +243,10 @@ impl Committer {
         let mut admitted = Vec::with_capacity(messages.len());
         let mut quarantine = Vec::new();
         for (index, message) in messages.iter().enumerate() {
-            let publish = &message.publish;
             let decoded = if message.is_cut() {
-                Err(decode::oversized(&self.options.topic_root, &publish.topic, message.payload_len, &limits))
+                Err(decode::oversized(&self.options.topic_root, &message.topic, message.payload_len, &limits))
             } else {
-                decode::decode(&self.options.topic_root, &publish.topic, &publish.payload, received_ms, &limits)
+                decode::decode(&self.options.topic_root, &message.topic, &message.payload, received_ms, &limits)
             };
             match decoded.and_then(|decoded| self.admit(decoded, index, message.replay_of.is_some(), received_ms)) {
                 Ok(message) => {
@@ -714,7 +713,7 @@ impl StoreRetry {
 /// Session, cartridge and disinfection events travel on the events channel; telemetry and
 /// birth/death state do not raise violations.
 fn is_device_event(message: &Incoming) -> bool {
-    message.publish.topic.ends_with("/events")
+    message.topic.ends_with("/events")
 }
 
 const INFLUX_REJECTED: &str = "influx_rejected";
@@ -750,11 +749,10 @@ fn quarantine_entry(received_ms: i64, topic: &str, payload: &[u8], rejection: Re
 /// The quarantine entry of an MQTT message: its size as it arrived, and its whole payload
 /// (for replay after review) unless it was cut for being over the limit.
 fn message_quarantine_entry(received_ms: i64, message: &Incoming, rejection: Rejection) -> QuarantineEntry {
-    let publish = &message.publish;
     QuarantineEntry {
         payload_len: message.payload_len,
-        payload: (!message.is_cut()).then(|| publish.payload.to_vec()),
-        ..quarantine_entry(received_ms, &publish.topic, &publish.payload, rejection)
+        payload: (!message.is_cut()).then(|| message.payload.to_vec()),
+        ..quarantine_entry(received_ms, &message.topic, &message.payload, rejection)
     }
 }
 

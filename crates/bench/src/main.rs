@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use penwarden_proto::api::v1 as api;
 use penwarden_proto::device::v1 as wire;
-use penwarden_tests::{binary, free_port, Influxd, Mosquitto, Penwarden, Publisher};
+use penwarden_tests::{binary, free_port, metric, Influxd, Mosquitto, Penwarden, Publisher};
 use prost::Message;
 use tokio_stream::StreamExt;
 
@@ -50,6 +50,9 @@ enum Scenario {
     Latency,
     /// What binds: InfluxDB alone and Mosquitto alone, without penwarden.
     Ceilings,
+    /// Above capacity: `--overload-rate` (twice the sustained rate) for the duration, then
+    /// nothing: points landed per second during and after, reconnects, drain time.
+    Overload,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +72,9 @@ struct LoadOptions {
     /// Runs per scenario; the tables show medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Offered samples/s of the overload scenario: twice what the throughput scenario sustains.
+    #[arg(long, default_value_t = 600_000)]
+    overload_rate: u64,
     /// Background telemetry (samples/s) while the latency scenario probes.
     #[arg(long, default_value_t = 100_000)]
     background_rate: u64,
@@ -105,17 +111,65 @@ struct Stack {
 }
 
 async fn stack(gzip: bool) -> Stack {
+    stack_with(gzip, &[]).await
+}
+
+async fn stack_with(gzip: bool, extra_env: &[(&str, String)]) -> Stack {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
-    let env = [
+    let mut env = vec![
         ("PENWARDEN_INFLUX_URL", influxd.url()),
         ("PENWARDEN_INFLUX_API", "v1".to_string()),
         ("PENWARDEN_INFLUX_GZIP", gzip.to_string()),
         ("PENWARDEN_AUTO_REGISTER_PENS", "true".to_string()),
         ("RUST_LOG", "warn".to_string()),
     ];
+    env.extend(extra_env.iter().cloned());
     let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
     Stack { mosquitto, influxd, penwarden }
+}
+
+/// Above capacity: `rate` for `duration_s`, then nothing, with penwarden's metrics read every
+/// second: points written per second during the load and after it, reconnects, drain time.
+async fn overload_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let stack = stack_with(false, &[("PENWARDEN_METRICS_ADDR", metrics_addr.clone())]).await;
+    let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(f64, f64)>::new()));
+    let (sampler_addr, sampler_written) = (metrics_addr.clone(), written.clone());
+    let started = Instant::now();
+    let sampler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Some(points) = metric(&sampler_addr, "penwarden_influx_points_written_total").await {
+                sampler_written
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((started.elapsed().as_secs_f64(), points));
+            }
+        }
+    });
+    let mut result = load_run(&stack, pens, rate, duration_s).await;
+    sampler.abort();
+    let written = written.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // Points per second during the load (its second half: past the start-up) and after it.
+    let at = |t: f64| written.iter().rev().find(|(time, _)| *time <= t).map_or(0.0, |(_, points)| *points);
+    let load = duration_s as f64;
+    let during = (at(load) - at(load / 2.0)) / (load / 2.0);
+    let last = written.last().copied().unwrap_or((load, at(load)));
+    let after = if last.0 > load + 1.0 { (last.1 - at(load)) / (last.0 - load) } else { 0.0 };
+    result["landed_per_s_during_load"] = round3(during).into();
+    result["landed_per_s_after_load"] = round3(after).into();
+    result["points_written_per_second"] =
+        written.iter().map(|(time, points)| serde_json::json!([round3(*time), points])).collect::<Vec<_>>().into();
+    result["reconnects"] = metric(&metrics_addr, "penwarden_mqtt_reconnects_total").await.unwrap_or(0.0).into();
+    result["received_messages"] =
+        metric(&metrics_addr, "penwarden_mqtt_messages_received_total").await.unwrap_or(0.0).into();
+    eprintln!(
+        "  overload {rate}/s: landed {during:.0}/s during, {after:.0}/s after, reconnects {}, drained in {} s",
+        result["reconnects"], result["verify_wait_s"]
+    );
+    result
 }
 
 /// One load run: offered rate for the duration, then verify every sample landed.
@@ -418,6 +472,26 @@ async fn main() {
             ceilings["mosquitto_samples_per_s"].as_f64().unwrap_or(0.0),
         ));
         results["ceilings"] = ceilings;
+    }
+
+    if options.scenarios.contains(&Scenario::Overload) {
+        let mut overload = Vec::new();
+        for _ in 0..options.runs {
+            overload.push(overload_run(1000, options.overload_rate, options.duration_s).await);
+        }
+        for run in &overload {
+            rows.push(format!(
+                "| overload | 1000 pens, offered {}/s for {} s, then nothing | landed {:.0} samples/s during the load, {:.0}/s after | reconnects {}, all landed: {}, drained in {} s |",
+                options.overload_rate,
+                options.duration_s,
+                run["landed_per_s_during_load"].as_f64().unwrap_or(0.0),
+                run["landed_per_s_after_load"].as_f64().unwrap_or(0.0),
+                run["reconnects"],
+                run["zero_loss"],
+                run["verify_wait_s"],
+            ));
+        }
+        results["overload"] = overload.into();
     }
 
     if options.scenarios.contains(&Scenario::Latency) {

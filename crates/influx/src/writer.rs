@@ -1,7 +1,8 @@
 //! Writes line protocol to InfluxDB: v2 API through the influxdb2 crate, v1 `/write` directly.
 //!
 //! Both paths gzip the body (when enabled), split large bodies, and retry with exponential
-//! backoff and jitter on connection errors, 5xx and 429. A 4xx that rejects lines is not
+//! backoff and jitter on connection errors, 5xx, 429 and the 4xx that are not about the lines
+//! (401, 403, 404: credentials, a missing database). A 400 or 422 that rejects lines is not
 //! retried (it would fail forever): the request is split until each refused line stands alone,
 //! and those lines are reported with the server's reason, for the caller's quarantine.
 //! Credentials travel in the Authorization header, never in a URL: a URL turns up in error
@@ -95,7 +96,7 @@ pub struct WriteReport {
     pub lines: usize,
     pub requests: usize,
     pub failed_attempts: usize,
-    /// Lines InfluxDB refused with a 4xx; each is in `rejections`, unless it was refused as
+    /// Lines InfluxDB refused with a 400 or 422; each is in `rejections`, unless it was refused as
     /// too large.
     pub rejected_lines: usize,
     pub rejections: Vec<RejectedLine>,
@@ -116,7 +117,7 @@ enum Backend {
 
 enum Attempt {
     Accepted,
-    /// The server refused lines for good (4xx): do not retry.
+    /// The server refused lines for good (400, 422): do not retry.
     Rejected {
         status: u16,
         message: String,
@@ -392,8 +393,10 @@ fn classify(status: StatusCode, text: String) -> Attempt {
     match status.as_u16() {
         200..=299 => Attempt::Accepted,
         413 => Attempt::TooLarge,
-        429 | 408 => Attempt::Retry(format!("{status}: {}", truncate(&text, 300))),
-        400..=499 => Attempt::Rejected { status: status.as_u16(), message: text },
+        // The lines themselves: bad line protocol, a field type conflict.
+        400 | 422 => Attempt::Rejected { status: status.as_u16(), message: text },
+        // Not the lines: credentials, a missing database or bucket, throttling. Retried (then
+        // spooled), never quarantined line by line.
         _ => Attempt::Retry(format!("{status}: {}", truncate(&text, 300))),
     }
 }
@@ -440,6 +443,9 @@ mod tests {
         assert!(matches!(classify(StatusCode::TOO_MANY_REQUESTS, String::new()), Attempt::Retry(_)));
         assert!(matches!(classify(StatusCode::SERVICE_UNAVAILABLE, String::new()), Attempt::Retry(_)));
         assert!(matches!(classify(StatusCode::BAD_REQUEST, String::new()), Attempt::Rejected { status: 400, .. }));
+        assert!(matches!(classify(StatusCode::UNPROCESSABLE_ENTITY, String::new()), Attempt::Rejected { .. }));
+        assert!(matches!(classify(StatusCode::NOT_FOUND, "database not found".into()), Attempt::Retry(_)));
+        assert!(matches!(classify(StatusCode::UNAUTHORIZED, String::new()), Attempt::Retry(_)));
         assert!(matches!(classify(StatusCode::PAYLOAD_TOO_LARGE, String::new()), Attempt::TooLarge));
     }
 

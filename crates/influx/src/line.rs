@@ -457,7 +457,8 @@ mod tests {
         #[test]
         fn every_value_reads_back_as_stored(tag in "\\PC*", field in "\\PC*", other in ".*") {
             let mut lines = LineBuilder::default();
-            lines.point("m").tag("a", &tag).tag("b", &other).string("s", &field).string("o", &other).timestamp_ms(7);
+            // `n` keeps a field in the point when every string is empty.
+            lines.point("m").tag("a", &tag).tag("b", &other).string("s", &field).string("o", &other).int("n", 1).timestamp_ms(7);
             let parsed = parse_line(lines.as_str()).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}: {}", lines.as_str())))?;
             let mut expected_tags = Vec::new();
             if !tag.is_empty() { expected_tags.push(("a".to_string(), tag_value_as_stored(&tag))); }
@@ -466,6 +467,7 @@ mod tests {
             let mut expected_fields = Vec::new();
             if !field.is_empty() { expected_fields.push(("s".to_string(), FieldValue::String(string_field_as_stored(&field)))); }
             if !other.is_empty() { expected_fields.push(("o".to_string(), FieldValue::String(string_field_as_stored(&other)))); }
+            expected_fields.push(("n".to_string(), FieldValue::Integer(1)));
             proptest::prop_assert_eq!(parsed.fields, expected_fields);
         }
     }

@@ -319,6 +319,11 @@ impl Connection {
                     Ok(_) => {}
                     Err(e) => {
                         self.on_lost();
+                        // What the lost connection delivered and the pipeline has not taken
+                        // comes again on the next one: processing it now only fills `pending`
+                        // with messages whose acks are dropped (and once it is full, polling
+                        // pauses, the keep-alive fails and the next connection is lost too).
+                        pending.clear();
                         if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE_CONNECTION) {
                             backoff = Duration::from_millis(100);
                         }

@@ -135,8 +135,13 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(options: Options) -> Result<Writer, Error> {
-        let base =
-            reqwest::Url::parse(&options.url).map_err(|e| Error::Config(format!("url {:?}: {e}", options.url)))?;
+        let base = reqwest::Url::parse(&options.url).map_err(|e| Error::Config(format!("url: {e}")))?;
+        if !base.password().unwrap_or_default().is_empty() || !base.username().is_empty() {
+            // A URL ends up in error messages and log lines; credentials have their own key.
+            return Err(Error::Config(
+                "the InfluxDB url carries credentials: put them in token (v1: user:password) instead".into(),
+            ));
+        }
         if !matches!(base.scheme(), "http" | "https") {
             return Err(Error::Config(format!("url {:?}: scheme must be http or https", options.url)));
         }
@@ -447,6 +452,13 @@ mod tests {
         assert!(matches!(classify(StatusCode::NOT_FOUND, "database not found".into()), Attempt::Retry(_)));
         assert!(matches!(classify(StatusCode::UNAUTHORIZED, String::new()), Attempt::Retry(_)));
         assert!(matches!(classify(StatusCode::PAYLOAD_TOO_LARGE, String::new()), Attempt::TooLarge));
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_showing_them() {
+        let options = Options { url: "http://admin:s3cret@127.0.0.1:8086".into(), ..Options::default() };
+        let error = Writer::new(options).err().expect("refused").to_string();
+        assert!(error.contains("token") && !error.contains("s3cret"), "{error}");
     }
 
     #[test]

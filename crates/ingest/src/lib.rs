@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use mqtt::MqttAddress;
+pub use mqtt::{redacted_url, MqttAddress};
 pub use pipeline::{Error, Service, Stats};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -29,13 +29,34 @@ pub struct MqttAddress {
     pub port: u16,
 }
 
+/// The URL as it may be shown: a password in it is replaced by `***` (a URL ends up in error
+/// messages and log lines).
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl MqttAddress {
     pub fn parse(url: &str) -> Result<Self, String> {
+        let shown = redacted_url(url);
         let rest = url
             .strip_prefix("mqtt://")
             .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("MQTT URL {url:?} must start with mqtt:// (TLS is not supported yet)"))?;
+            .ok_or_else(|| format!("MQTT URL {shown:?} must start with mqtt:// (TLS is not supported yet)"))?;
         let rest = rest.trim_end_matches('/');
+        if rest.contains('@') {
+            return Err(format!(
+                "MQTT URL {shown:?} carries credentials; logging in to the broker is not supported yet"
+            ));
+        }
+        let url = &shown;
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (host, port.parse().map_err(|_| format!("MQTT URL {url:?} has an invalid port"))?),
             None => (rest, 1883),
@@ -219,7 +240,8 @@ impl Connection {
         // The first connection is number 1; each loss (or failed attempt) moves it on (`on_lost`).
         let connection = Arc::new(AtomicU64::new(1));
         let first = tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await;
-        let unreachable = |reason: String| Error::Unreachable(format!("MQTT broker {}: {reason}", options.mqtt_url));
+        let shown = redacted_url(&options.mqtt_url);
+        let unreachable = |reason: String| Error::Unreachable(format!("MQTT broker {shown}: {reason}"));
         match first {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
                 let max_payload_bytes = options.max_payload_bytes;
@@ -364,5 +386,15 @@ mod tests {
         assert!(MqttAddress::parse("http://x:1").is_err());
         assert!(MqttAddress::parse("mqtt://:1").is_err());
         assert!(MqttAddress::parse("mqtt://x:notaport").is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        for url in ["mqtt://penwarden:s3cret@broker:1883", "mqtts://penwarden:s3cret@broker", "mqtt://u:s3cret@:x"] {
+            let error = MqttAddress::parse(url).unwrap_err();
+            assert!(!error.contains("s3cret") && error.contains("***"), "{error}");
+        }
+        assert_eq!(redacted_url("mqtt://u:p@h:1/x"), "mqtt://u:***@h:1/x");
+        assert_eq!(redacted_url("http://h:8086"), "http://h:8086");
     }
 }

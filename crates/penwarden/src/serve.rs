@@ -56,7 +56,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let api_task = api.spawn(stop_rx.clone())?;
     let mut ingest_task = ingest.spawn(stop_rx, replayed);
-    tracing::info!(%grpc_addr, mqtt = %config.ingest.mqtt_url, influx = %config.influx.url, store = %config.store.url, "penwarden serving");
+    let mqtt = penwarden_ingest::redacted_url(&config.ingest.mqtt_url);
+    let influx = penwarden_ingest::redacted_url(&config.influx.url);
+    tracing::info!(%grpc_addr, %mqtt, %influx, store = %config.store.url, "penwarden serving");
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -6,6 +6,7 @@ mod api;
 mod common;
 mod faults;
 mod line_protocol;
+mod overload;
 mod pipeline;
 mod poison;
 mod protocol;

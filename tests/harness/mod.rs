@@ -557,6 +557,21 @@ impl Publisher {
         Publisher { client, published: 0, acked, _eventloop: eventloop }
     }
 
+    /// Publishes every message at QoS 1 without waiting between them (as fast as the client's
+    /// in-flight window allows), then waits until the broker has acknowledged them all.
+    pub async fn publish_burst(&mut self, messages: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        for (topic, payload) in messages {
+            self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");
+            self.published += 1;
+        }
+        let (published, acked) = (self.published, self.acked.clone());
+        wait_for("the broker to acknowledge a burst", Duration::from_secs(120), || {
+            let acked = acked.clone();
+            async move { (acked.load(std::sync::atomic::Ordering::Relaxed) >= published).then_some(()) }
+        })
+        .await;
+    }
+
     /// Publishes at QoS 1 and waits for the broker's PUBACK.
     pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) {
         self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");

@@ -147,6 +147,12 @@ const MQTT_MAX_PACKET_BYTES: u32 = 268_435_455 + 5;
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
+/// While polling is paused for the pipeline (MAX_PENDING), the event loop is still polled this
+/// often, so that pings and acks keep going out and the broker does not give up on a client that
+/// is only busy. Each such poll takes at most one of the few publishes rumqttc buffers from a
+/// read, so the queue grows past its limit by a handful of messages a second, not more.
+const PAUSED_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Sends the pipeline's acks without ever waiting on the MQTT client: acks travel through the
 /// client's request channel, which only the polling task drains, and that task may be paused
 /// waiting for the pipeline (MAX_PENDING). Waiting here could close that circle, so an ack the
@@ -290,6 +296,25 @@ impl Connection {
         metrics::gauge!("penwarden_mqtt_connected").set(0.0);
     }
 
+    /// Takes what the broker sent; a publish is returned for the pipeline.
+    fn on_incoming(&mut self, packet: Packet, connected_at: &mut Option<tokio::time::Instant>) -> Option<Publish> {
+        // Whatever the broker sends proves the connection alive. rumqttc takes only a PINGRESP
+        // as proof, and when the broker has sent far more than penwarden has read yet (Mosquitto
+        // does not hold to the receive maximum while acks flow), the PINGRESP waits behind all
+        // of it: the connection would be given up, and every unacked message sent again, only
+        // because penwarden is busy. A silent broker still fails at the next ping.
+        self.eventloop.state.await_pingresp = false;
+        match packet {
+            Packet::ConnAck(ack) => {
+                *connected_at = Some(tokio::time::Instant::now());
+                self.on_connected(ack.session_present);
+                None
+            }
+            Packet::Publish(publish) => Some(publish),
+            _ => None,
+        }
+    }
+
     /// Polls until `stop` turns true, forwarding publishes; then keeps polling until the
     /// pipeline has sent its last acks (`drained`), and disconnects.
     pub(crate) async fn run(
@@ -307,9 +332,13 @@ impl Connection {
         // room in the pipeline's channel instead deadlocks once the ack queue fills (seen at
         // 300k samples/s). Its size is bounded by the broker's in-flight window for this
         // client (unacked QoS 1 messages), which the acks keep moving, and by MAX_PENDING:
-        // beyond it polling pauses until the pipeline catches up. That is safe because the acks
-        // queued meanwhile (at most MAX_PENDING) fit in the client's request channel.
+        // beyond it the event loop is polled only every PAUSED_POLL_INTERVAL (for pings and
+        // acks) until the pipeline catches up, and the broker's sending waits on TCP.
         let mut pending: std::collections::VecDeque<Incoming> = std::collections::VecDeque::new();
+        let mut paused_poll = tokio::time::interval(PAUSED_POLL_INTERVAL);
+        paused_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One poll is due although the pending queue is full (a PAUSED_POLL_INTERVAL passed).
+        let mut poll_while_paused = false;
         loop {
             if *stop.borrow() {
                 forward = None;
@@ -327,31 +356,36 @@ impl Connection {
                         _ => pipeline_gone = true,
                     }
                 }
-                polled = self.eventloop.poll(), if pending.len() < MAX_PENDING => match polled {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        connected_at = Some(tokio::time::Instant::now());
-                        self.on_connected(ack.session_present);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if forward.is_some() {
-                            let connection = self.connection.load(Ordering::Acquire);
-                            pending.push_back(Incoming::new(publish, connection, self.max_payload_bytes));
+                _ = paused_poll.tick(), if pending.len() >= MAX_PENDING && !poll_while_paused => {
+                    poll_while_paused = true;
+                }
+                polled = self.eventloop.poll(), if pending.len() < MAX_PENDING || poll_while_paused => {
+                    poll_while_paused = false;
+                    match polled {
+                        Ok(Event::Incoming(packet)) => {
+                            let forwarding = forward.is_some();
+                            if let Some(publish) = self.on_incoming(packet, &mut connected_at) {
+                                if forwarding {
+                                    let connection = self.connection.load(Ordering::Acquire);
+                                    pending.push_back(Incoming::new(publish, connection, self.max_payload_bytes));
+                                }
+                            }
                         }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.on_lost();
-                        // What the lost connection delivered and the pipeline has not taken
-                        // comes again on the next one: processing it now only fills `pending`
-                        // with messages whose acks are dropped (and once it is full, polling
-                        // pauses, the keep-alive fails and the next connection is lost too).
-                        pending.clear();
-                        if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE_CONNECTION) {
-                            backoff = Duration::from_millis(100);
+                        Ok(Event::Outgoing(_)) => {}
+                        Err(e) => {
+                            self.on_lost();
+                            // What the lost connection delivered and the pipeline has not taken
+                            // comes again on the next one: processing it now only fills `pending`
+                            // with messages whose acks are dropped (and once it is full, polling
+                            // pauses, the keep-alive fails and the next connection is lost too).
+                            pending.clear();
+                            if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE_CONNECTION) {
+                                backoff = Duration::from_millis(100);
+                            }
+                            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
                         }
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection lost; reconnecting");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
                     }
                 }
             }

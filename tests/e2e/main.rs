@@ -11,4 +11,5 @@ mod pipeline;
 mod poison;
 mod protocol;
 mod rules;
+mod security;
 mod storm;

@@ -160,6 +160,55 @@ impl Mosquitto {
         mosquitto
     }
 
+    /// A broker configured exactly as deploy/mosquitto.conf (its password file and
+    /// deploy/mosquitto.acl), with only the paths and the listener moved into the test's own
+    /// directory and port, and `users` (name, password) in the password file.
+    pub async fn start_deployed(users: &[(&str, &str)]) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("open the mosquitto data directory to the broker's user");
+        let port = free_port();
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let acl = dir.path().join("acl");
+        std::fs::copy(deploy.join("mosquitto.acl"), &acl).expect("copy deploy/mosquitto.acl");
+        let passwords = dir.path().join("passwords");
+        for (user, password) in users {
+            // -c creates the file (with the first user); -b takes the password as an argument.
+            let create: &[&str] = if passwords.exists() { &[] } else { &["-c"] };
+            let status = Command::new(require("mosquitto_passwd"))
+                .arg("-b")
+                .args(create)
+                .arg(&passwords)
+                .args([user, password])
+                .status()
+                .expect("run mosquitto_passwd");
+            assert!(status.success(), "mosquitto_passwd failed");
+        }
+        // The broker (dropping to its own user) must read both files.
+        for file in [&acl, &passwords] {
+            std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        }
+        let deployed = std::fs::read_to_string(deploy.join("mosquitto.conf")).expect("read deploy/mosquitto.conf");
+        let mut config_text = String::new();
+        for line in deployed.lines() {
+            let moved = match line.split_once(' ') {
+                Some(("listener", _)) => format!("listener {port} 127.0.0.1"),
+                Some(("password_file", _)) => format!("password_file {}", passwords.display()),
+                Some(("acl_file", _)) => format!("acl_file {}", acl.display()),
+                Some(("persistence_location", _)) => format!("persistence_location {}/", dir.path().display()),
+                _ => line.to_owned(),
+            };
+            config_text.push_str(&moved);
+            config_text.push('\n');
+        }
+        config_text.push_str("log_type error\n");
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(&config, config_text).expect("write mosquitto.conf");
+        let mut mosquitto = Mosquitto { port, config, process: None, dir };
+        mosquitto.spawn().await;
+        mosquitto
+    }
+
     async fn spawn(&mut self) {
         self.process =
             Some(Process::spawn("mosquitto", Command::new(require("mosquitto")).arg("-c").arg(&self.config)));
@@ -540,8 +589,20 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(port: u16) -> Publisher {
+        Self::connect_with(port, None).await
+    }
+
+    /// Logs in as `user` (a pen's serial, on a broker configured like deploy/).
+    pub async fn connect_as(port: u16, user: &str, password: &str) -> Publisher {
+        Self::connect_with(port, Some((user, password))).await
+    }
+
+    async fn connect_with(port: u16, login: Option<(&str, &str)>) -> Publisher {
         use rumqttc::{Event, Packet};
         let mut options = rumqttc::MqttOptions::new(format!("test-publisher-{}", free_port()), "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         // As large as MQTT allows: tests send oversized payloads on purpose.
         options.set_max_packet_size(268_435_460, 268_435_460);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);
@@ -570,6 +631,23 @@ impl Publisher {
             async move { (acked.load(std::sync::atomic::Ordering::Relaxed) >= published).then_some(()) }
         })
         .await;
+    }
+
+    /// Publishes at QoS 1; true if the broker acknowledged it within 5 s (a broker may refuse
+    /// a publish by closing the connection instead).
+    pub async fn try_publish(&mut self, topic: &str, payload: Vec<u8>) -> bool {
+        if self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.is_err() {
+            return false;
+        }
+        self.published += 1;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.acked.load(std::sync::atomic::Ordering::Relaxed) >= self.published {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Publishes at QoS 1 and waits for the broker's PUBACK.

@@ -29,6 +29,16 @@ pub struct Options {
     pub mqtt_url: String,
     /// Stable across restarts: the broker keeps the persistent session under this id.
     pub client_id: String,
+    /// The broker login's user name; empty for an anonymous connection.
+    pub username: String,
+    /// A file holding the broker login's password (its first line). The password itself is
+    /// never a configuration key, so it cannot end up in a file that is shared or printed;
+    /// `PENWARDEN_MQTT_PASSWORD` gives it from the environment instead.
+    pub password_file: Option<std::path::PathBuf>,
+    /// The password, read from `password_file` or the environment when the configuration is
+    /// loaded.
+    #[serde(skip)]
+    pub password: Password,
     pub topic_root: String,
     pub keep_alive_s: u64,
     /// MQTT 5 receive maximum: how many QoS 1 messages the broker may send before their acks
@@ -64,6 +74,9 @@ impl Default for Options {
         Options {
             mqtt_url: "mqtt://127.0.0.1:1883".into(),
             client_id: "penwarden-ingest".into(),
+            username: String::new(),
+            password_file: None,
+            password: Password::default(),
             topic_root: "pw/v1".into(),
             keep_alive_s: 30,
             receive_maximum: 10_000,
@@ -96,6 +109,31 @@ impl Options {
             max_future_skew_ms: self.max_future_skew_ms,
             ..decode::Limits::default()
         }
+    }
+}
+
+/// A secret that is never shown: its Debug output is `***`, and it is not serialized.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(secret: String) -> Password {
+        Password(secret)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "(none)" } else { "***" })
     }
 }
 

@@ -2,12 +2,13 @@
 //! has no session for us (rumqttc does not do that by itself).
 //!
 //! MQTT 5, for its flow control: the CONNECT's receive maximum bounds how many QoS 1 messages
-//! the broker sends before their acks come back. With MQTT 3.1.1 nothing bounds it on the
-//! client's side; above capacity rumqttc's event loop then reads ten incoming packets for each
-//! ack it writes, acks fall behind without limit, the broker's PINGRESP waits behind the
-//! backlog until the keep-alive gives up, and every unacked message comes again after the
-//! reconnect: a livelock. With a receive maximum, the broker stops sending at that many
-//! unacked messages, so reading pauses on its own and the acks go out.
+//! the broker sends before their acks come back. Mosquitto 2.0.11 holds to it only while no
+//! acks flow, though; above capacity it sends far more, and rumqttc's event loop reads ten
+//! incoming packets for each ack it writes. The broker's PINGRESP then waits behind the
+//! backlog, and rumqttc, which takes only a PINGRESP as a sign of life, gave up on the
+//! connection: every unacked message came again after the reconnect, a livelock. So here any
+//! packet from the broker counts as life, and the connection is polled (for pings and acks)
+//! even while the queue for the pipeline is full.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,8 +53,11 @@ impl MqttAddress {
             .ok_or_else(|| format!("MQTT URL {shown:?} must start with mqtt:// (TLS is not supported yet)"))?;
         let rest = rest.trim_end_matches('/');
         if rest.contains('@') {
+            // A URL ends up in error messages and log lines; the login has its own keys.
             return Err(format!(
-                "MQTT URL {shown:?} carries credentials; logging in to the broker is not supported yet"
+                "MQTT URL {shown:?} carries credentials: set the user name in ingest.username \
+                 (PENWARDEN_MQTT_USERNAME) and the password in ingest.password_file \
+                 (PENWARDEN_MQTT_PASSWORD_FILE) or PENWARDEN_MQTT_PASSWORD"
             ));
         }
         let url = &shown;
@@ -238,6 +242,11 @@ impl Connection {
             .set_keep_alive(Duration::from_secs(options.keep_alive_s.max(5)))
             .set_max_packet_size(Some(MQTT_MAX_PACKET_BYTES))
             .set_request_channel_capacity(1 << 16);
+        if !options.username.is_empty() {
+            mqtt.set_credentials(&options.username, options.password.expose());
+        } else if !options.password.is_empty() {
+            return Err(Error::Config("a broker password is set but no user name (ingest.username)".into()));
+        }
         let (client, mut eventloop) = AsyncClient::new(mqtt, 1 << 16);
         let filters = Channel::ALL
             .into_iter()

@@ -79,6 +79,22 @@ impl Config {
         if let Some(v) = var("PENWARDEN_MQTT_CLIENT_ID") {
             self.ingest.client_id = v;
         }
+        if let Some(v) = var("PENWARDEN_MQTT_USERNAME") {
+            self.ingest.username = v;
+        }
+        if let Some(v) = var("PENWARDEN_MQTT_PASSWORD_FILE") {
+            self.ingest.password_file = Some(v.into());
+        }
+        match (var("PENWARDEN_MQTT_PASSWORD"), &self.ingest.password_file) {
+            (Some(_), Some(_)) => {
+                return Err("the broker password is given twice: set PENWARDEN_MQTT_PASSWORD or ingest.password_file \
+                     (PENWARDEN_MQTT_PASSWORD_FILE), not both"
+                    .into())
+            }
+            (Some(password), None) => self.ingest.password = penwarden_ingest::Password::new(password),
+            (None, Some(file)) => self.ingest.password = read_password_file(file)?,
+            (None, None) => {}
+        }
         if let Some(v) = var("PENWARDEN_INFLUX_URL") {
             self.influx.url = v;
         }
@@ -113,6 +129,18 @@ impl Config {
     }
 }
 
+/// The first line of a password file (what `echo secret > file` writes). Errors name the file,
+/// never what it holds.
+fn read_password_file(path: &Path) -> Result<penwarden_ingest::Password, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the broker password file {}: {e}", path.display()))?;
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(format!("the broker password file {} is empty", path.display()));
+    }
+    Ok(penwarden_ingest::Password::new(password.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +149,38 @@ mod tests {
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn the_broker_password_comes_from_a_file_or_the_environment_and_is_never_shown() {
+        let dir = std::env::temp_dir().join(format!("penwarden-password-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mqtt-password");
+        std::fs::write(&file, "s3cret-pass\n").unwrap();
+        let path = file.display().to_string();
+        let from_file = Config::load(
+            None,
+            env(&[("PENWARDEN_MQTT_USERNAME", "penwarden"), ("PENWARDEN_MQTT_PASSWORD_FILE", &path)]),
+        )
+        .unwrap();
+        assert_eq!(from_file.ingest.username, "penwarden");
+        assert_eq!(from_file.ingest.password, penwarden_ingest::Password::new("s3cret-pass".into()));
+        let from_env = Config::load(None, env(&[("PENWARDEN_MQTT_PASSWORD", "s3cret-pass")])).unwrap();
+        assert_eq!(from_env.ingest.password, from_file.ingest.password);
+        // Neither the configuration's Debug form nor its serialized form holds the secret.
+        assert!(!format!("{from_file:?}").contains("s3cret"));
+        assert!(!toml::to_string(&from_file).unwrap().contains("s3cret"));
+
+        let both = [("PENWARDEN_MQTT_PASSWORD", "s3cret-pass"), ("PENWARDEN_MQTT_PASSWORD_FILE", path.as_str())];
+        let error = Config::load(None, env(&both)).unwrap_err();
+        assert!(error.contains("not both") && !error.contains("s3cret"), "{error}");
+        let missing = dir.join("absent").display().to_string();
+        let error = Config::load(None, env(&[("PENWARDEN_MQTT_PASSWORD_FILE", &missing)])).unwrap_err();
+        assert!(error.contains("cannot read the broker password file"), "{error}");
+        std::fs::write(&file, "\n").unwrap();
+        let error = Config::load(None, env(&[("PENWARDEN_MQTT_PASSWORD_FILE", &path)])).unwrap_err();
+        assert!(error.contains("is empty"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -181,7 +241,7 @@ mod tests {
         for path in &expected {
             assert!(shown.contains(path), "deploy/penwarden.example.toml lacks the key {path}");
         }
-        let mut optional = vec!["metrics.addr".to_string()];
+        let mut optional = vec!["metrics.addr".to_string(), "ingest.password_file".to_string()];
         optional.extend(expected.iter().cloned());
         for path in &shown {
             assert!(optional.contains(path), "deploy/penwarden.example.toml shows an unknown key {path}");
@@ -189,6 +249,7 @@ mod tests {
         // Shown with their defaults (only the optional keys, shown as examples, differ).
         let mut example_defaults = example_config;
         example_defaults.metrics.addr = None;
+        example_defaults.ingest.password_file = None;
         assert_eq!(toml::Value::try_from(example_defaults).unwrap(), defaults, "example values differ from defaults");
     }
 

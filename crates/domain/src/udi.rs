@@ -610,6 +610,47 @@ mod tests {
         assert_eq!(Udi::parse(&with("17", "")), Err(Error::DateFormat { ai: "17", value: String::new() }));
     }
 
+    /// jodal/biip's tests (tests/test_checksums.py, test_gs1_element_strings.py,
+    /// test_gs1_messages.py), on the AIs a cartridge UDI carries. biip's element strings stand
+    /// alone; here each sits in a UDI with the AIs a cartridge needs, and its best-before (15)
+    /// vectors are read as expiry (17), which has the same format.
+    #[test]
+    fn biip_vectors() {
+        // Check digits of GTIN-13 payloads (a GTIN-14 with indicator 0 has the same digit).
+        for (payload, digit) in
+            [("629104150021", 3), ("703801005447", 1), ("950110153100", 0), ("978820551237", 5), ("708000382434", 9)]
+        {
+            assert_eq!(gtin_check_digit(format!("0{payload}").as_bytes()), digit, "{payload}");
+        }
+        // A message: fixed-length fields need no separator, a variable one last needs none.
+        let udi = Udi::parse("010703206980498817210526100329");
+        assert_eq!(udi, Err(Error::MissingAi("21")), "a cartridge needs a serial");
+        let udi = Udi::parse("010703206980498817210526100329\u{1d}21S").unwrap();
+        assert_eq!((udi.gtin.as_str(), udi.lot.as_str()), ("07032069804988", "0329"));
+        assert_eq!(udi.expiry_date(2026), Date { year: 2021, month: 5, day: 26 });
+        assert_eq!(udi.signed_form(), "(01)07032069804988(17)210526(10)0329(21)S");
+        // A variable-length lot in the middle without a separator takes everything after it.
+        assert_eq!(Udi::parse("010703206980498810032917210526"), Err(Error::MissingAi("17")));
+        // Ended by a separator, the fields after it are read.
+        let udi = Udi::parse("0107032069804988100329\u{1d}1721052621S").unwrap();
+        assert_eq!(udi.signed_form(), "(01)07032069804988(10)0329(17)210526(21)S");
+        // Dates: 030201 is 2003-02-01; day 00 is the month's last day; Feb 30 does not exist.
+        assert_eq!(Udi::parse(&with("17", "030201")).unwrap().expiry_date(2026), Date { year: 2003, month: 2, day: 1 });
+        for (date, year, month, day) in [("200200", 2020, 2, 29), ("210200", 2021, 2, 28), ("211200", 2021, 12, 31)] {
+            assert_eq!(Udi::parse(&with("17", date)).unwrap().expiry_date(2026), Date { year, month, day }, "{date}");
+        }
+        assert!(Udi::parse(&format!("{HUMAN}(11)030201")).is_ok());
+        assert!(matches!(Udi::parse(&format!("{HUMAN}(11)120230")), Err(Error::DateFormat { ai: "11", .. })));
+        assert!(matches!(Udi::parse(&with("17", "990229")), Err(Error::DateFormat { ai: "17", .. })));
+        assert!(Udi::parse(&format!("{HUMAN}(7003)0701021415")).is_ok());
+        // The century window: 49 years back and 50 ahead of the year of use.
+        let (back, ahead) = (Udi::parse(&with("17", "770526")).unwrap(), Udi::parse(&with("17", "760526")).unwrap());
+        assert_eq!(back.expiry_date(2026).year, 1977);
+        assert_eq!(ahead.expiry_date(2026).year, 2076);
+        // Too short a GTIN.
+        assert!(matches!(Udi::parse("(01)01123(17)271231(10)L(21)S"), Err(Error::GtinFormat(_))));
+    }
+
     /// gs1/gs1-syntax-engine, src/c-lib/syntax/lint_cset82.c (the linter of AIs 10 and 21).
     #[test]
     fn gs1_syntax_engine_cset82_vectors() {

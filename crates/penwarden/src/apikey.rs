@@ -79,6 +79,11 @@ fn write_private(path: &Path, token: &str) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    // The mode above applies only to a file this creates: one that existed keeps its own (often
+    // world-readable) until narrowed here, before the secret goes in.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
     writeln!(file, "{token}").with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -105,4 +110,22 @@ pub(crate) fn revoke(config_file: Option<&Path>, key_id: &str) -> anyhow::Result
         eprintln!("revoked API key {key_id}; running servers stop accepting it within 5 s");
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_is_private_even_when_it_existed_readable_by_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("penwarden-token-{}", std::process::id()));
+        std::fs::write(&path, "old contents, much longer than the token that replaces them\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "pwk_id_secret").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "pwk_id_secret\n");
+        std::fs::remove_file(path).unwrap();
+    }
 }

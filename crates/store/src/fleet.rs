@@ -300,9 +300,7 @@ pub struct LotRow {
 impl Store {
     /// Registers (or updates) a lot with the manufacturer's Ed25519 public key.
     pub async fn register_lot(&self, lot: &LotRow, now_ms: i64) -> Result<LotRow> {
-        if lot.public_key.len() != 32 {
-            return Err(Error::Invalid(format!("public_key must be 32 bytes (Ed25519), got {}", lot.public_key.len())));
-        }
+        penwarden_domain::compliance::check_manufacturer_key(&lot.public_key).map_err(Error::Invalid)?;
         sqlx::query(
             "INSERT INTO lots (gtin, lot, expiry, manufacturer_id, public_key, registered_ms) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (gtin, lot) DO UPDATE SET expiry = excluded.expiry,

@@ -123,6 +123,32 @@ pub struct Store {
     violation_changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// The store holds API key digests and the whole compliance record: only its owner may read
+/// it. Creates the database file 0600 if it is missing (SQLite gives its WAL and shared-memory
+/// files the database file's mode) and narrows an existing one, and its companions, to 0600.
+fn make_private(database: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if database.as_os_str().is_empty() || database == std::path::Path::new(":memory:") {
+            return Ok(());
+        }
+        if !database.exists() {
+            std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(database)?;
+        }
+        let mut companions = vec![database.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = database.as_os_str().to_owned();
+            name.push(suffix);
+            companions.push(name.into());
+        }
+        for file in companions.iter().filter(|file| file.exists()) {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if missing) the database, applies migrations and loads the pen directory.
     pub async fn connect(url: &str) -> Result<Store> {
@@ -142,6 +168,8 @@ impl Store {
             // stay in memory instead of a temporary file written through the kernel.
             .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(10));
+        make_private(options.get_filename())
+            .map_err(|source| Error::Open { url: url.to_owned(), source: source.into() })?;
         let writer =
             SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(open_error)?;
         sqlx::migrate!("./migrations").run(&writer).await?;
@@ -207,6 +235,24 @@ mod tests {
         store.close().await;
         let closed = sqlx::query("SELECT 1").execute(&store.pool).await.unwrap_err();
         assert!(Error::from(closed).is_transient());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_is_readable_by_its_owner_only_whether_new_or_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let (store, dir) = test_support::temp_store().await;
+        store.register_chain(&penwarden_domain::ChainId::parse("c1").unwrap(), "C", 1).await.unwrap();
+        let database = dir.path().join("test.db");
+        for file in ["test.db", "test.db-wal", "test.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
+        store.close().await;
+        std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::connect(&format!("sqlite:{}", database.display())).await.unwrap();
+        assert_eq!(mode(&database), 0o600);
+        store.close().await;
     }
 }
 

@@ -57,6 +57,18 @@ pub fn judge_session(facts: &SessionFacts<'_>, thresholds: &Thresholds) -> Vec<J
     ]
 }
 
+/// Whether `bytes` can verify cartridge signatures: a 32-byte Ed25519 public key that is a point
+/// on the curve and not of small order (a weak key would accept forged signatures).
+pub fn check_manufacturer_key(bytes: &[u8]) -> Result<(), String> {
+    let bytes: &[u8; 32] =
+        bytes.try_into().map_err(|_| format!("public_key must be 32 bytes (Ed25519), got {}", bytes.len()))?;
+    match VerifyingKey::from_bytes(bytes) {
+        Ok(key) if !key.is_weak() => Ok(()),
+        Ok(_) => Err("public_key is a weak Ed25519 key (of small order); it would verify forgeries".into()),
+        Err(_) => Err("public_key is not an Ed25519 public key (not a point on the curve)".into()),
+    }
+}
+
 fn unverified(facts: &SessionFacts<'_>, udi: Result<&Udi, &crate::udi::Error>) -> Option<String> {
     let udi = match udi {
         Ok(udi) => udi,
@@ -158,6 +170,18 @@ mod tests {
 
     fn lot(recalled: bool) -> LotFacts {
         LotFacts { recalled, manufacturer_key: key().verifying_key().to_bytes() }
+    }
+
+    #[test]
+    fn a_manufacturer_key_must_be_a_strong_ed25519_point() {
+        assert_eq!(check_manufacturer_key(&key().verifying_key().to_bytes()), Ok(()));
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        assert!(check_manufacturer_key(&not_a_point).unwrap_err().contains("not a point on the curve"));
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(check_manufacturer_key(&identity).unwrap_err().contains("weak"));
+        assert!(check_manufacturer_key(&[7u8; 31]).unwrap_err().contains("32 bytes"));
     }
 
     fn sign_udi(udi: &str) -> Vec<u8> {

@@ -13,3 +13,4 @@ mod protocol;
 mod rules;
 mod security;
 mod storm;
+mod tenants;

@@ -6,7 +6,11 @@ use penwarden_proto::api::v1 as pb;
 use penwarden_proto::api::v1::fleet_service_server::FleetService;
 use std::sync::Arc;
 
-use penwarden_domain::access::Scope;
+use penwarden_domain::access::{Role, Scope};
+use penwarden_domain::ownership::{
+    check_gtin_prefix, check_operator_registration, check_pen_registration, gtin_holder, GtinAssignment, PenHolders,
+    Refused,
+};
 use penwarden_store::{LotRow, PenRow, Store};
 use tonic::{Request, Response, Status};
 
@@ -120,35 +124,27 @@ impl FleetService for FleetApi {
         let pen = required("pen_serial", &request.pen_serial, PenSerial::parse)?;
         let clinic = optional("clinic_id", &request.clinic_id, ClinicId::parse)?;
         let manufacturer = acting_manufacturer(&scope, &request.manufacturer_id)?;
-        match &scope {
-            Scope::All => {}
-            Scope::Clinic(_) => return Err(denied("RegisterPen", &scope)),
-            Scope::Chain(_) | Scope::Manufacturer(_) => {
-                // A chain assigns pens to its own clinics; neither it nor a manufacturer may
-                // take a pen that is someone else's.
-                if matches!(scope, Scope::Chain(_)) {
-                    let clinic = clinic.as_ref().ok_or_else(|| denied("a pen without clinic_id", &scope))?;
-                    check_place_filters(&self.store, &scope, None, Some(clinic.as_str())).await?;
-                }
-                match self.store.pen(&pen).await {
-                    Ok(existing) => {
-                        let theirs = match &scope {
-                            // Its own pen, and not moved out of the clinic a chain put it in.
-                            Scope::Manufacturer(own) => {
-                                existing.manufacturer_id.is_some_and(|m| m != *own)
-                                    || (existing.clinic_id.is_some()
-                                        && existing.clinic_id.as_deref() != clinic.as_ref().map(|c| c.as_str()))
-                            }
-                            _ => existing.chain_id.is_some() && self.store.pen_in_scope(&pen, &scope).await.is_err(),
-                        };
-                        if theirs {
-                            return Err(denied("pen_serial", &scope));
-                        }
-                    }
-                    Err(penwarden_store::Error::NotFound(_)) => {}
-                    Err(other) => return Err(from_store(other)),
-                }
-            }
+        if scope != Scope::All {
+            let existing = match self.store.pen(&pen).await {
+                Ok(existing) => Some(existing),
+                Err(penwarden_store::Error::NotFound(_)) => None,
+                Err(other) => return Err(from_store(other)),
+            };
+            let clinic_chain = match &clinic {
+                Some(clinic) => self.store.clinic_chain(clinic).await.map_err(from_store)?,
+                None => None,
+            };
+            let holders = existing.as_ref().map(|pen| PenHolders {
+                manufacturer: pen.manufacturer_id.as_deref(),
+                clinic: pen.clinic_id.as_deref(),
+                chain: pen.chain_id.as_deref(),
+            });
+            let requested = PenHolders {
+                manufacturer: (!manufacturer.is_empty()).then_some(manufacturer.as_str()),
+                clinic: clinic.as_ref().map(ClinicId::as_str),
+                chain: clinic_chain.as_deref(),
+            };
+            check_pen_registration(&scope, holders, requested).map_err(|Refused(what)| denied(what, &scope))?;
         }
         let row = self
             .store
@@ -183,16 +179,32 @@ impl FleetService for FleetApi {
         request.manufacturer_id = acting_manufacturer(&scope, &request.manufacturer_id)?;
         valid_gtin(&request.gtin)?;
         valid_date(&request.expiry)?;
-        // A manufacturer may not replace another manufacturer's key for a lot.
-        let existing = self.store.lot(&request.gtin, &request.lot).await.map_err(from_store)?;
-        if existing.is_some_and(|lot| lot.manufacturer_id != request.manufacturer_id && scope != Scope::All) {
-            return Err(denied("this lot", &scope));
-        }
         if request.lot.is_empty() || request.lot.len() > 20 {
             return Err(invalid_argument("lot must be 1 to 20 characters"));
         }
         if request.manufacturer_id.is_empty() {
             return Err(invalid_argument("manufacturer_id is required"));
+        }
+        // A GTIN is its holder's: nobody else registers (or replaces the key of) a lot under it.
+        // An admin registering a lot under an unassigned GTIN assigns it to the lot's maker.
+        let assignments = self.store.gtin_assignments().await.map_err(from_store)?;
+        match (gtin_holder(&request.gtin, &assignments), &scope) {
+            (Some(holder), _) if holder == request.manufacturer_id => {}
+            (Some(holder), Scope::All) => {
+                return Err(Status::failed_precondition(format!(
+                    "GTIN {} is assigned to manufacturer {holder}, not {}",
+                    request.gtin, request.manufacturer_id
+                )))
+            }
+            (None, Scope::All) => {
+                let assignment =
+                    GtinAssignment { prefix: request.gtin.clone(), manufacturer: request.manufacturer_id.clone() };
+                self.store.assign_gtin(&assignment, now_ms()).await.map_err(from_store)?;
+            }
+            _ => return Err(Status::permission_denied(format!(
+                "GTIN {} is not assigned to manufacturer {}: an admin assigns GTINs and company prefixes (AssignGtin)",
+                request.gtin, request.manufacturer_id
+            ))),
         }
         let lot = LotRow {
             gtin: request.gtin,
@@ -217,15 +229,51 @@ impl FleetService for FleetApi {
         request: Request<pb::RegisterOperatorRequest>,
     ) -> Result<Response<pb::Operator>, Status> {
         let scope = self.auth.scope(&request).await?;
-        if !matches!(scope, Scope::All | Scope::Chain(_)) {
-            return Err(denied("RegisterOperator", &scope));
-        }
+        check_operator_registration(&scope, None).map_err(|Refused(what)| denied(what, &scope))?;
         let request = request.into_inner();
         let operator = required("operator_id", &request.operator_id, OperatorId::parse)?;
         let level =
             u8::try_from(request.licence_level).map_err(|_| invalid_argument("licence_level must be 1, 2 or 3"))?;
-        self.store.register_operator(&operator, level, now_ms()).await.map_err(from_store)?;
+        let owner = self.store.operator_owner(&operator).await.map_err(from_store)?;
+        check_operator_registration(&scope, owner.as_ref().map(Option::as_deref))
+            .map_err(|Refused(what)| denied(what, &scope))?;
+        let owning_chain = match &scope {
+            Scope::Chain(own) => Some(own),
+            _ => None,
+        };
+        self.store.register_operator(&operator, level, owning_chain, now_ms()).await.map_err(from_store)?;
         Ok(Response::new(pb::Operator { operator_id: operator.to_string(), licence_level: request.licence_level }))
+    }
+
+    async fn assign_gtin(
+        &self,
+        request: Request<pb::AssignGtinRequest>,
+    ) -> Result<Response<pb::GtinAssignment>, Status> {
+        require_admin(&self.auth.scope(&request).await?, "AssignGtin")?;
+        let request = request.into_inner();
+        check_gtin_prefix(&request.prefix).map_err(invalid_argument)?;
+        let manufacturer = Scope::new(Role::Manufacturer, &request.manufacturer_id)
+            .map_err(|e| invalid_argument(format!("manufacturer_id: {e}")))?;
+        let assignment = GtinAssignment { prefix: request.prefix, manufacturer: manufacturer.id().to_owned() };
+        let assignments = self.store.gtin_assignments().await.map_err(from_store)?;
+        if let Some(other) =
+            assignments.iter().find(|a| a.manufacturer != assignment.manufacturer && a.overlaps(&assignment))
+        {
+            return Err(Status::failed_precondition(format!(
+                "{} overlaps {}, assigned to manufacturer {}",
+                assignment.prefix, other.prefix, other.manufacturer
+            )));
+        }
+        let makers = self.store.lot_manufacturers_under(&assignment.prefix).await.map_err(from_store)?;
+        if let Some(other) = makers.iter().find(|maker| **maker != assignment.manufacturer) {
+            return Err(Status::failed_precondition(format!(
+                "manufacturer {other} has lots registered under {}",
+                assignment.prefix
+            )));
+        }
+        self.store.assign_gtin(&assignment, now_ms()).await.map_err(from_store)?;
+        tracing::info!(prefix = %assignment.prefix, manufacturer = %assignment.manufacturer, "GTIN assigned");
+        Ok(Response::new(pb::GtinAssignment { prefix: assignment.prefix, manufacturer_id: assignment.manufacturer }))
     }
 
     async fn recall_lot(

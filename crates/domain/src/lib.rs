@@ -7,6 +7,7 @@ pub mod access;
 pub mod compliance;
 pub mod event;
 pub mod ids;
+pub mod ownership;
 pub mod udi;
 
 pub use event::{DeviceEvent, DisinfectionMethod, EventRecord, Sample, TreatmentArea};

@@ -444,7 +444,8 @@ pub fn gtin_check_digit(first_13: &[u8]) -> u8 {
     ((10 - sum % 10) % 10) as u8
 }
 
-fn validate_gtin(gtin: &str) -> Result<(), Error> {
+/// A GTIN-14: 14 digits with a valid check digit.
+pub fn validate_gtin(gtin: &str) -> Result<(), Error> {
     if gtin.len() != 14 || !gtin.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::GtinFormat(shown(gtin)));
     }

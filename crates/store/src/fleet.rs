@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use penwarden_domain::access::Scope;
 use penwarden_domain::ids::OperatorId;
+use penwarden_domain::ownership::GtinAssignment;
 use penwarden_domain::{ChainId, ClinicId, PenSerial};
 use sqlx::{QueryBuilder, Row};
 
@@ -350,20 +351,72 @@ impl Store {
     }
 
     /// Registers (or updates) an operator's licence level (1 to 3).
-    pub async fn register_operator(&self, operator: &OperatorId, licence_level: u8, now_ms: i64) -> Result<()> {
+    /// Registers an operator or changes its licence level. A new operator belongs to `owner`
+    /// (the registering chain; None for an admin); a registered one keeps its owner.
+    pub async fn register_operator(
+        &self,
+        operator: &OperatorId,
+        licence_level: u8,
+        owner: Option<&ChainId>,
+        now_ms: i64,
+    ) -> Result<()> {
         if !(1..=3).contains(&licence_level) {
             return Err(Error::Invalid(format!("licence_level must be 1, 2 or 3, got {licence_level}")));
         }
         sqlx::query(
-            "INSERT INTO operators (operator_id, licence_level, registered_ms) VALUES (?, ?, ?)
+            "INSERT INTO operators (operator_id, licence_level, owner_chain_id, registered_ms) VALUES (?, ?, ?, ?)
              ON CONFLICT (operator_id) DO UPDATE SET licence_level = excluded.licence_level",
         )
         .bind(operator.as_str())
         .bind(i64::from(licence_level))
+        .bind(owner.map(ChainId::as_str))
         .bind(now_ms)
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    /// The owner of a registered operator: None if it is not registered, Some(None) if an
+    /// admin registered it, Some(Some(chain)) if a chain did.
+    pub async fn operator_owner(&self, operator: &OperatorId) -> Result<Option<Option<String>>> {
+        Ok(sqlx::query_scalar("SELECT owner_chain_id FROM operators WHERE operator_id = ?")
+            .bind(operator.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Every GTIN and company prefix assigned to a manufacturer (a few per manufacturer): the
+    /// domain's ownership rules decide which of them cover a GTIN.
+    pub async fn gtin_assignments(&self) -> Result<Vec<GtinAssignment>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT prefix, manufacturer_id FROM gtin_assignments ORDER BY prefix")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(prefix, manufacturer)| GtinAssignment { prefix, manufacturer }).collect())
+    }
+
+    /// Assigns a GTIN or company prefix to a manufacturer (the caller has checked overlaps).
+    pub async fn assign_gtin(&self, assignment: &GtinAssignment, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO gtin_assignments (prefix, manufacturer_id, assigned_ms) VALUES (?, ?, ?)
+             ON CONFLICT (prefix) DO UPDATE SET manufacturer_id = excluded.manufacturer_id",
+        )
+        .bind(&assignment.prefix)
+        .bind(&assignment.manufacturer)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The manufacturers of the lots registered under GTINs `prefix` covers.
+    pub async fn lot_manufacturers_under(&self, prefix: &str) -> Result<Vec<String>> {
+        let sql = if prefix.len() == 14 {
+            "SELECT DISTINCT manufacturer_id FROM lots WHERE gtin = ?"
+        } else {
+            "SELECT DISTINCT manufacturer_id FROM lots WHERE substr(gtin, 2, length(?1)) = ?1"
+        };
+        Ok(sqlx::query_scalar(sql).bind(prefix).fetch_all(&self.pool).await?)
     }
 
     /// Recalls a lot. Retroactive: every session that ever used it is judged again and gets a

@@ -1,8 +1,10 @@
 //! Tenant boundaries for writes: every role's key tried against another tenant's records.
 //! Each relation has an owner who alone may change it (crates/domain/src/ownership.rs).
 
+use std::time::Duration;
+
 use penwarden_proto::api::v1 as api;
-use penwarden_tests::{Influxd, Mosquitto, Penwarden};
+use penwarden_tests::{wait_for, Influxd, Mosquitto, Penwarden, Publisher};
 use tonic::Code;
 
 use crate::common::GTIN;
@@ -139,4 +141,113 @@ async fn no_key_changes_another_tenants_pens_operators_or_gtins() {
     let mut not_a_point = vec![0u8; 32];
     not_a_point[0] = 2;
     assert_eq!(code(maker.register_lot(lot(GTIN, "L4", "maker", not_a_point)).await), Code::InvalidArgument);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A session on `pen` with `cartridge`, started at `start` and ended a second later.
+async fn session(publisher: &mut Publisher, pen: &str, first_seq: u64, id: &str, cartridge: &str, start: i64) {
+    use penwarden_proto::device::v1 as wire;
+    use prost::Message;
+    let started = wire::pen_event::Kind::SessionStarted(wire::SessionStarted {
+        session_id: id.into(),
+        cartridge_udi: cartridge.into(),
+        cartridge_signature: crate::common::sign(cartridge),
+        area: wire::TreatmentArea::Cheek as i32,
+        depth_setting_mm: 1.0,
+        ..Default::default()
+    });
+    let ended = wire::pen_event::Kind::SessionEnded(wire::SessionEnded { session_id: id.into(), ..Default::default() });
+    for (seq, time, kind) in [(first_seq, start, started), (first_seq + 1, start + 1000, ended)] {
+        let event =
+            wire::PenEvent { schema_version: 1, pen_serial: pen.into(), seq, time_unix_ms: time, kind: Some(kind) };
+        publisher.publish(&format!("pw/v1/pens/{pen}/events"), event.encode_to_vec()).await;
+    }
+}
+
+async fn violations_as(penwarden: &Penwarden, token: &str, rule: &str) -> Vec<api::Violation> {
+    let mut client = penwarden.compliance_as(token).await;
+    let request = api::ListViolationsRequest { rule: rule.into(), ..Default::default() };
+    client.list_violations(request).await.unwrap().into_inner().violations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_name_another_tenants_sessions_or_lots() {
+    let t = tenants().await;
+    let mut admin = t.penwarden.fleet().await;
+    crate::common::register_lot(&t.penwarden, "LOT9").await;
+    for (serial, clinic) in [("PA", "a1"), ("PB", "b1"), ("PM", "a1")] {
+        admin.register_pen(pen(serial, clinic, "")).await.unwrap();
+    }
+    let mut publisher = Publisher::connect(t._mosquitto.port).await;
+    let t0 = now_ms() - 3_600_000;
+    // One cartridge used by chain-a, then by chain-b: chain-b's session is the reuse.
+    let cartridge = "(01)09506000134352(17)301231(10)LOT9(21)LEAK-1";
+    session(&mut publisher, "PA", 1, "sa-secret", cartridge, t0).await;
+    session(&mut publisher, "PB", 1, "sb", cartridge, t0 + 5000).await;
+    // PM treats in chain-a, then moves to chain-b and treats again without a disinfection.
+    session(&mut publisher, "PM", 1, "sm-secret", "(01)09506000134352(17)301231(10)LOT9(21)LEAK-2", t0).await;
+    wait_for("both reuse and the moved pen's sessions", Duration::from_secs(30), || async {
+        let reuse = violations_as(&t.penwarden, &t.penwarden.admin_token, "CARTRIDGE_REUSE").await;
+        (reuse.len() == 1).then_some(())
+    })
+    .await;
+    admin.register_pen(pen("PM", "b1", "")).await.unwrap();
+    let mut chain_b_compliance = t.penwarden.compliance_as(&t.chain_b).await;
+    let sterility = chain_b_compliance
+        .get_pen_sterility(api::GetPenSterilityRequest { pen_serial: "PM".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!sterility.ready_to_treat);
+    assert!(sterility.reasons.iter().all(|r| !r.contains("sm-secret")), "{:?}", sterility.reasons);
+    assert!(sterility.reasons.iter().all(|r| r.contains("outside what this key may see")), "{:?}", sterility.reasons);
+    let admin_view = t
+        .penwarden
+        .compliance()
+        .await
+        .get_pen_sterility(api::GetPenSterilityRequest { pen_serial: "PM".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(admin_view.reasons.iter().any(|r| r.contains("sm-secret")), "{:?}", admin_view.reasons);
+    session(&mut publisher, "PM", 3, "sm2", "(01)09506000134352(17)301231(10)LOT9(21)LEAK-3", t0 + 60_000).await;
+    let unwiped = wait_for("the moved pen's violation", Duration::from_secs(30), || async {
+        let found = violations_as(&t.penwarden, &t.chain_b, "PEN_NOT_DISINFECTED").await;
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+
+    // chain-b reads its violations without chain-a's pen, session or timing.
+    let reuse = violations_as(&t.penwarden, &t.chain_b, "CARTRIDGE_REUSE").await;
+    assert_eq!(reuse.len(), 1);
+    for violation in reuse.iter().chain(&unwiped) {
+        for secret in ["PA", "sa-secret", "sm-secret", "5000 ms"] {
+            assert!(!violation.explanation.contains(secret), "{secret} in {:?}", violation.explanation);
+        }
+        assert!(violation.explanation.contains("outside what this key may see"), "{}", violation.explanation);
+    }
+    // An admin, who may see both sessions, reads where and when.
+    let full = violations_as(&t.penwarden, &t.penwarden.admin_token, "CARTRIDGE_REUSE").await;
+    assert!(full[0].explanation.contains("sa-secret") && full[0].explanation.contains("PA"), "{}", full[0].explanation);
+
+    // TraceLot: chain-b used the lot; a chain that never did, and another manufacturer, get
+    // NOT_FOUND, exactly as for a lot that does not exist.
+    let trace = |token: String| {
+        let penwarden = &t.penwarden;
+        async move {
+            let request = api::TraceLotRequest { gtin: GTIN.into(), lot: "LOT9".into(), ..Default::default() };
+            penwarden.compliance_as(&token).await.trace_lot(request).await.map(|r| r.into_inner())
+        }
+    };
+    admin.register_chain(api::RegisterChainRequest { chain_id: "chain-c".into(), name: "C".into() }).await.unwrap();
+    let chain_c = t.penwarden.create_api_key("chain", "chain-c");
+    assert_eq!(code(trace(chain_c).await), Code::NotFound);
+    assert_eq!(code(trace(t.rival.clone()).await), Code::NotFound);
+    let seen_by_b = trace(t.chain_b.clone()).await.unwrap();
+    // sb, and sm2 of the moved pen: chain-a's sessions of the lot are not counted.
+    assert_eq!(seen_by_b.total_sessions, 2);
+    assert!(seen_by_b.clinics.iter().all(|c| c.chain_id == "chain-b"));
 }

@@ -201,10 +201,12 @@ impl FleetService for FleetApi {
                     GtinAssignment { prefix: request.gtin.clone(), manufacturer: request.manufacturer_id.clone() };
                 self.store.assign_gtin(&assignment, now_ms()).await.map_err(from_store)?;
             }
-            _ => return Err(Status::permission_denied(format!(
+            _ => {
+                return Err(Status::permission_denied(format!(
                 "GTIN {} is not assigned to manufacturer {}: an admin assigns GTINs and company prefixes (AssignGtin)",
                 request.gtin, request.manufacturer_id
-            ))),
+            )))
+            }
         }
         let lot = LotRow {
             gtin: request.gtin,

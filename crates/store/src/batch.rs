@@ -873,9 +873,10 @@ pub(crate) async fn reconcile(
         match (&judgement.explanation, active) {
             (Some(explanation), None) => {
                 let row = sqlx::query(
-                    "INSERT INTO violations (rule, severity, explanation, pen_serial, clinic_id, chain_id, session_id,
-                         cartridge_gtin, cartridge_serial, device_time_ms, detected_ms, change_seq)
-                     SELECT ?, ?, ?, pen_serial, clinic_id, chain_id, session_id, cartridge_gtin, cartridge_serial,
+                    "INSERT INTO violations (rule, severity, explanation, related_pen, related_session_id, pen_serial,
+                         clinic_id, chain_id, session_id, cartridge_gtin, cartridge_serial, device_time_ms, detected_ms,
+                         change_seq)
+                     SELECT ?, ?, ?, ?, ?, pen_serial, clinic_id, chain_id, session_id, cartridge_gtin, cartridge_serial,
                          COALESCE(started_ms, ended_ms, 0), ?, (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM violations)
                      FROM sessions WHERE pen_serial = ? AND session_id = ?
                      RETURNING id, clinic_id, chain_id, cartridge_serial, device_time_ms",
@@ -883,6 +884,8 @@ pub(crate) async fn reconcile(
                 .bind(rule.id())
                 .bind(rule.severity().as_str())
                 .bind(explanation)
+                .bind(judgement.related.as_ref().map(|related| related.pen.as_str()))
+                .bind(judgement.related.as_ref().map(|related| related.session_id.as_str()))
                 .bind(now)
                 .bind(session.pen.as_str())
                 .bind(session.session_id.as_str())

@@ -231,7 +231,17 @@ impl Store {
         // Everything from the last session start on (min_seq beyond any seq: the window's
         // anchor is the pen's last session start).
         let (facts, _) = crate::batch::pen_window(&mut connection, pen, i64::MAX as u64).await?;
-        let reasons = readiness(pen, &facts);
+        let mut reasons = Vec::new();
+        for reason in readiness(pen, &facts) {
+            // The last session may be another tenant's, if the pen moved: named only if visible.
+            let mut visible: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new("SELECT EXISTS (SELECT 1 FROM sessions s WHERE s.pen_serial = ");
+            visible.push_bind(pen.as_str()).push(" AND s.session_id = ").push_bind(reason.session().as_str());
+            push_record_scope(&mut visible, scope, "s");
+            visible.push(")");
+            let visible: bool = visible.build_query_scalar().fetch_one(&mut *connection).await?;
+            reasons.push(reason.describe(visible));
+        }
         let last_session_ended_ms = sqlx::query_scalar(
             "SELECT ended_ms FROM sessions WHERE pen_serial = ? AND start_seq IS NOT NULL ORDER BY start_seq DESC LIMIT 1",
         )
@@ -308,8 +318,23 @@ impl Store {
 
     /// Violations newest first (by id), filtered.
     pub async fn list_violations(&self, filter: &ViolationFilter) -> Result<Vec<ViolationRow>> {
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-            "SELECT id, rule, severity, explanation, pen_serial, clinic_id, chain_id, session_id, cartridge_gtin,
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT id, rule, severity, ");
+        if filter.scope == Scope::All {
+            query.push("explanation");
+        } else {
+            // The explanation may name another session: shown only if the caller may see that
+            // session too (another chain's pen and timing are not this caller's to read).
+            query.push(
+                "CASE WHEN related_session_id IS NULL OR EXISTS (SELECT 1 FROM sessions related
+                     WHERE related.pen_serial = violations.related_pen
+                       AND related.session_id = violations.related_session_id",
+            );
+            push_record_scope(&mut query, &filter.scope, "related");
+            query.push(") THEN explanation END");
+        }
+        query.push(
+            ",
+                 pen_serial, clinic_id, chain_id, session_id, cartridge_gtin,
                  cartridge_serial, device_time_ms, detected_ms, retracted_ms, retraction_reason,
                  COALESCE(change_seq, id)
              FROM violations WHERE 1 = 1",
@@ -351,7 +376,10 @@ impl Store {
                 id: row.get(0),
                 rule: row.get(1),
                 severity: row.get(2),
-                explanation: row.get(3),
+                explanation: row.get::<Option<String>, _>(3).unwrap_or_else(|| {
+                    let rule: String = row.get(1);
+                    Rule::from_id(&rule).map_or("", Rule::explanation_without_related).to_owned()
+                }),
                 pen_serial: row.get(4),
                 clinic_id: row.get(5),
                 chain_id: row.get(6),

@@ -105,7 +105,14 @@ impl Store {
             })
             .collect();
         let total_sessions = clinics.iter().map(|c| c.sessions).sum();
-        if lot_row.is_none() && total_sessions == 0 {
+        // A lot is there for its manufacturer and for whoever used it within their scope; to
+        // anyone else it is not found, registered or not (its registration is not theirs).
+        let own_lot = match scope {
+            Scope::All => lot_row.is_some(),
+            Scope::Manufacturer(own) => lot_row.as_ref().is_some_and(|row| row.manufacturer_id == *own),
+            Scope::Chain(_) | Scope::Clinic(_) => false,
+        };
+        if !own_lot && total_sessions == 0 {
             return Err(Error::NotFound(format!("lot {lot} of GTIN {gtin}")));
         }
 

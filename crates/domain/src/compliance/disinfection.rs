@@ -80,10 +80,16 @@ pub fn judge_disinfection(pen: &PenSerial, facts: &[PenFact], anchored: bool) ->
             if anchor_pending {
                 anchor_pending = false;
             } else {
+                let explanation = walk.next_session_violation(pen);
+                let related = explanation
+                    .as_ref()
+                    .and(walk.previous_session)
+                    .map(|previous| SessionRef { pen: pen.clone(), session_id: previous.clone() });
                 judgements.push(Judgement {
                     rule: Rule::PenNotDisinfected,
                     session: SessionRef { pen: pen.clone(), session_id: session_id.clone() },
-                    explanation: walk.next_session_violation(pen),
+                    explanation,
+                    related,
                 });
             }
         }
@@ -92,18 +98,52 @@ pub fn judge_disinfection(pen: &PenSerial, facts: &[PenFact], anchored: bool) ->
     judgements
 }
 
+/// Why a pen is not ready to treat, naming its last session (which may be another tenant's,
+/// if the pen moved: [`NotReady::describe`] leaves it out for a reader who may not see it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    SessionNotEnded(SessionId),
+    NotDisinfectedSince(SessionId),
+}
+
+impl NotReady {
+    /// The session the reason is about.
+    pub fn session(&self) -> &SessionId {
+        match self {
+            NotReady::SessionNotEnded(session) | NotReady::NotDisinfectedSince(session) => session,
+        }
+    }
+
+    /// The reason in words, naming the session only if `session_visible`.
+    pub fn describe(&self, session_visible: bool) -> String {
+        match (self, session_visible) {
+            (NotReady::SessionNotEnded(session), true) => format!("session {session} has not ended"),
+            (NotReady::SessionNotEnded(_), false) => {
+                "the pen's last session (outside what this key may see) has not ended".into()
+            }
+            (NotReady::NotDisinfectedSince(session), true) => {
+                format!("no disinfection with sheath change since session {session} ended")
+            }
+            (NotReady::NotDisinfectedSince(_), false) => {
+                "no disinfection with sheath change since the pen's last session (outside what this key may see) ended"
+                    .into()
+            }
+        }
+    }
+}
+
 /// Why a session starting on the pen now would not be compliant (empty: ready to treat), from
 /// its history since its last session started (any order). The same walk as
 /// [`judge_disinfection`]: a pen is ready exactly when the rule would pass its next session.
-pub fn readiness(pen: &PenSerial, facts: &[PenFact]) -> Vec<String> {
+pub fn readiness(pen: &PenSerial, facts: &[PenFact]) -> Vec<NotReady> {
     let mut walk = Walk::default();
     for fact in in_sequence_order(facts) {
         walk.step(fact);
     }
     match walk.previous_session {
-        Some(session) if !walk.previous_ended => vec![format!("session {session} has not ended")],
+        Some(session) if !walk.previous_ended => vec![NotReady::SessionNotEnded(session.clone())],
         Some(session) if walk.next_session_violation(pen).is_some() => {
-            vec![format!("no disinfection with sheath change since session {session} ended")]
+            vec![NotReady::NotDisinfectedSince(session.clone())]
         }
         _ => Vec::new(),
     }
@@ -164,7 +204,21 @@ mod tests {
     }
 
     fn reasons(facts: &[PenFact]) -> Vec<String> {
-        readiness(&PenSerial::parse("P1").unwrap(), facts)
+        readiness(&PenSerial::parse("P1").unwrap(), facts).iter().map(|reason| reason.describe(true)).collect()
+    }
+
+    #[test]
+    fn a_reason_names_its_session_only_to_who_may_see_it() {
+        let not_ended = &readiness(&PenSerial::parse("P1").unwrap(), &[start(1, "a")])[0];
+        assert_eq!(not_ended.session().as_str(), "a");
+        assert!(!not_ended.describe(false).contains("session a"));
+        let unwiped = &readiness(&PenSerial::parse("P1").unwrap(), &[start(1, "a"), end(2, "a")])[0];
+        assert!(!unwiped.describe(false).contains("session a"));
+        // The rule's violation names the previous session as related.
+        let judged =
+            judge_disinfection(&PenSerial::parse("P1").unwrap(), &[start(1, "a"), end(2, "a"), start(3, "b")], false);
+        assert_eq!(judged[1].related.as_ref().map(|r| r.session_id.as_str()), Some("a"));
+        assert_eq!(judged[0].related, None);
     }
 
     #[test]

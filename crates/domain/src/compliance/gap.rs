@@ -18,7 +18,8 @@ pub struct SessionSpan<'a> {
 /// does not follow its start cannot hold a gap: the pen's numbering is then wrong, which the
 /// other rules do not depend on, so this rule stays silent rather than guess.
 pub fn judge_telemetry_gap(span: &SessionSpan<'_>) -> Judgement {
-    let judgement = |explanation| Judgement { rule: Rule::TelemetryGap, session: span.session.clone(), explanation };
+    let judgement =
+        |explanation| Judgement { rule: Rule::TelemetryGap, session: span.session.clone(), explanation, related: None };
     if span.end_seq <= span.start_seq {
         return judgement(None);
     }

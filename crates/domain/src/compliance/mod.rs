@@ -11,7 +11,7 @@ mod reuse;
 mod session;
 mod thresholds;
 
-pub use disinfection::{judge_disinfection, readiness, PenFact, PenFactKind};
+pub use disinfection::{judge_disinfection, readiness, NotReady, PenFact, PenFactKind};
 pub use gap::{judge_telemetry_gap, SessionSpan};
 pub use reuse::{judge_cartridge_reuse, CartridgeUse};
 pub use session::{check_manufacturer_key, judge_session, signed_message, LotFacts, SessionFacts};
@@ -91,6 +91,20 @@ impl Rule {
         }
     }
 
+    /// The explanation of a violation for a reader who may not see the session it names:
+    /// what happened, without where, when or on which pen.
+    pub fn explanation_without_related(self) -> &'static str {
+        match self {
+            Self::CartridgeReuse => {
+                "cartridge was already used elsewhere, in a session outside what this key may see; a cartridge is single-use"
+            }
+            Self::PenNotDisinfected => {
+                "no disinfection with sheath change was logged on this pen between its previous session (outside what this key may see) and this session"
+            }
+            _ => "this violation involves a session outside what this key may see",
+        }
+    }
+
     pub fn from_id(id: &str) -> Option<Rule> {
         Self::ALL.into_iter().find(|rule| rule.id() == id)
     }
@@ -115,6 +129,10 @@ pub struct Judgement {
     pub rule: Rule,
     pub session: SessionRef,
     pub explanation: Option<String>,
+    /// Another session the explanation names (the first use of a reused cartridge, a pen's
+    /// previous session). It may belong to another tenant: whoever may not see it reads
+    /// [`Rule::explanation_without_related`] instead.
+    pub related: Option<SessionRef>,
 }
 
 impl Judgement {

@@ -37,6 +37,7 @@ pub fn judge_cartridge_reuse(uses: &[CartridgeUse]) -> Vec<Judgement> {
                         usage.started_unix_ms - first.started_unix_ms
                     )
                 }),
+                related: (!is_first).then(|| first.session.clone()),
             }
         })
         .collect()
@@ -54,6 +55,13 @@ mod tests {
             started_unix_ms: started,
             start_seq: 1,
         }
+    }
+
+    #[test]
+    fn a_reuse_names_the_first_use_as_related() {
+        let judged = judge_cartridge_reuse(&[usage("P2", "late", 2000), usage("P1", "first", 1000)]);
+        assert_eq!(judged[0].related, Some(usage("P1", "first", 1000).session));
+        assert_eq!(judged[1].related, None, "the first use names nothing");
     }
 
     #[test]

@@ -46,7 +46,12 @@ pub fn signed_message(udi: &Udi) -> Vec<u8> {
 /// Judges the six session rules; one judgement per rule, in a fixed order.
 pub fn judge_session(facts: &SessionFacts<'_>, thresholds: &Thresholds) -> Vec<Judgement> {
     let udi = Udi::parse(facts.cartridge_udi);
-    let judgement = |rule, explanation: Option<String>| Judgement { rule, session: facts.session.clone(), explanation };
+    let judgement = |rule, explanation: Option<String>| Judgement {
+        rule,
+        session: facts.session.clone(),
+        explanation,
+        related: None,
+    };
     vec![
         judgement(Rule::CartridgeUnverified, unverified(facts, udi.as_ref())),
         judgement(Rule::CartridgeExpired, udi.as_ref().ok().and_then(|udi| expired(facts, udi))),

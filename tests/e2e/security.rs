@@ -97,10 +97,10 @@ async fn penwarden_logs_in_to_the_deployed_broker_and_each_pen_is_confined_to_it
         fleet.register_pen(request).await.unwrap();
     }
 
-    // P1 speaks for P2: the ACL refuses it (Mosquitto closes a 3.1.1 client's connection
-    // over it). Then P1 speaks for itself.
+    // P1 speaks for P2: the ACL refuses it (MQTT 3.1.1 has no way to say so: Mosquitto may
+    // still ack, and closes the connection). Then P1 speaks for itself.
     let mut forger = Publisher::connect_as(mosquitto.port, "P1", "pen-one-pass").await;
-    assert!(!forger.try_publish("pw/v1/pens/P2/events", status("P2", 1, 11.0)).await, "the broker took a forgery");
+    forger.try_publish("pw/v1/pens/P2/events", status("P2", 1, 11.0)).await;
     let mut p1 = Publisher::connect_as(mosquitto.port, "P1", "pen-one-pass").await;
     p1.publish("pw/v1/pens/P1/events", status("P1", 1, 51.0)).await;
     let landed = wait_for("P1's own status", Duration::from_secs(30), || async {

@@ -633,8 +633,9 @@ impl Publisher {
         .await;
     }
 
-    /// Publishes at QoS 1; true if the broker acknowledged it within 5 s (a broker may refuse
-    /// a publish by closing the connection instead).
+    /// Publishes at QoS 1; true if the broker acknowledged it within 5 s. For a publish the
+    /// broker may refuse: an MQTT 3.1.1 broker refuses by dropping it (and perhaps the
+    /// connection), which an ack does not rule out.
     pub async fn try_publish(&mut self, topic: &str, payload: Vec<u8>) -> bool {
         if self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.is_err() {
             return false;

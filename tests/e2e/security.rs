@@ -121,3 +121,126 @@ async fn penwarden_logs_in_to_the_deployed_broker_and_each_pen_is_confined_to_it
     assert_eq!(landed, 22.0);
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }
+
+/// What the TLS tests need: a servers CA (broker, penwarden), a manufacturer's pen CA with P1
+/// and P2, and a rogue CA that issued its own "P1". `clients-ca.crt` bundles the two trusted
+/// issuers of client certificates, as deploy/mosquitto-tls.conf expects.
+fn issue_tls_certificates(dir: &std::path::Path, pens: &[&str]) {
+    let dir_text = dir.display().to_string();
+    let d = dir_text.as_str();
+    penwarden_tests::issue_certs(&["ca", d, "servers"]);
+    penwarden_tests::issue_certs(&["ca", d, "maker"]);
+    penwarden_tests::issue_certs(&["server", d, "servers", "broker", "127.0.0.1", "localhost"]);
+    penwarden_tests::issue_certs(&["client", d, "servers", "penwarden"]);
+    let mut pen_args = vec!["pens", d, "maker"];
+    pen_args.extend_from_slice(pens);
+    penwarden_tests::issue_certs(&pen_args);
+    let rogue = dir.join("rogue");
+    let rogue_text = rogue.display().to_string();
+    penwarden_tests::issue_certs(&["ca", &rogue_text, "rogue"]);
+    penwarden_tests::issue_certs(&["client", &rogue_text, "rogue", "P1"]);
+    let bundle = [
+        std::fs::read_to_string(dir.join("maker-ca.crt")).unwrap(),
+        std::fs::read_to_string(dir.join("servers-ca.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(dir.join("clients-ca.crt"), bundle).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_each_pen_is_its_certificate_and_nothing_else_gets_in() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    issue_tls_certificates(dir, &["P1", "P2", "PW-000001", "PW-000002"]);
+    let mosquitto = Mosquitto::start_deployed_tls(dir, &dir.join("clients-ca.crt")).await;
+    let influxd = Influxd::start().await;
+    let url = format!("mqtts://127.0.0.1:{}", mosquitto.port);
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_MQTT_CA_FILE", dir.join("servers-ca.crt").display().to_string()),
+        ("PENWARDEN_MQTT_CERT_FILE", dir.join("penwarden.crt").display().to_string()),
+        ("PENWARDEN_MQTT_KEY_FILE", dir.join("penwarden.key").display().to_string()),
+    ];
+    let mut penwarden = Penwarden::start(&url, &env).await;
+    let mut fleet = penwarden.fleet().await;
+    fleet.register_chain(api::RegisterChainRequest { chain_id: "chain-a".into(), name: "A".into() }).await.unwrap();
+    let clinic =
+        api::RegisterClinicRequest { clinic_id: "clinic-a".into(), chain_id: "chain-a".into(), name: "A1".into() };
+    fleet.register_clinic(clinic).await.unwrap();
+    for pen in ["P1", "P2"] {
+        let request = api::RegisterPenRequest {
+            pen_serial: pen.into(),
+            clinic_id: "clinic-a".into(),
+            model: "SP-2".into(),
+            ..Default::default()
+        };
+        fleet.register_pen(request).await.unwrap();
+    }
+    let ca = dir.join("servers-ca.crt");
+    let identity = |pen: &str| (dir.join(format!("{pen}.crt")), dir.join(format!("{pen}.key")));
+
+    // Nothing gets in without a certificate the broker trusts, nor in plaintext.
+    assert!(
+        !penwarden_tests::connects(penwarden_tests::tls_options(mosquitto.port, &ca, None)).await,
+        "no certificate"
+    );
+    let (rogue_cert, rogue_key) = (dir.join("rogue/P1.crt"), dir.join("rogue/P1.key"));
+    let rogue = penwarden_tests::tls_options(mosquitto.port, &ca, Some((&rogue_cert, &rogue_key)));
+    assert!(!penwarden_tests::connects(rogue).await, "a certificate of an untrusted CA");
+    let plaintext = rumqttc::MqttOptions::new("plaintext", "127.0.0.1", mosquitto.port);
+    assert!(!penwarden_tests::connects(plaintext).await, "plaintext on the TLS listener");
+
+    // P1 as P2: refused by the ACL. P1 as itself: lands. A P1 payload naming P2: quarantined.
+    let (p1_cert, p1_key) = identity("P1");
+    let mut forger = Publisher::connect_tls(mosquitto.port, &ca, Some((&p1_cert, &p1_key))).await;
+    forger.try_publish("pw/v1/pens/P2/events", status("P2", 1, 11.0)).await;
+    let mut p1 = Publisher::connect_tls(mosquitto.port, &ca, Some((&p1_cert, &p1_key))).await;
+    p1.publish("pw/v1/pens/P1/events", status("P2", 1, 33.0)).await;
+    p1.publish("pw/v1/pens/P1/events", status("P1", 1, 51.0)).await;
+    let landed = wait_for("P1's own status", Duration::from_secs(30), || async {
+        battery(&penwarden, "P1").await.filter(|b| *b == 51.0)
+    })
+    .await;
+    assert_eq!(landed, 51.0);
+    assert_eq!(battery(&penwarden, "P2").await, None, "a pen published as another pen");
+    let mut quarantine = penwarden.quarantine_as(&penwarden.admin_token).await;
+    let listed = quarantine.list_quarantine(api::ListQuarantineRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.counts_by_reason.get("serial_mismatch"), Some(&1), "{listed:?}");
+
+    // pensim over mqtts://, each pen with its own certificate (registering its fleet first).
+    let summary = penwarden_tests::run_pensim(&[
+        "--mqtt-url".into(),
+        url.clone(),
+        "--mqtt-ca-file".into(),
+        ca.display().to_string(),
+        "--pen-cert-dir".into(),
+        dir.display().to_string(),
+        "--pens".into(),
+        "2".into(),
+        "--clinics".into(),
+        "1".into(),
+        "--chains".into(),
+        "1".into(),
+        "--duration".into(),
+        "2".into(),
+        "--session-secs".into(),
+        "1..1".into(),
+        "--grpc-url".into(),
+        penwarden.endpoint(),
+        "--api-key".into(),
+        penwarden.admin_token.clone(),
+    ])
+    .await;
+    let events = summary["event_messages"].as_u64().unwrap_or(0);
+    assert!(events > 0, "{summary}");
+    let stored = wait_for("pensim's events in the store", Duration::from_secs(30), || async {
+        let mut fleet = penwarden.fleet().await;
+        let pens = fleet.list_pens(api::ListPensRequest::default()).await.ok()?.into_inner().pens;
+        let seqs: u64 = pens.iter().filter(|p| p.pen_serial.starts_with("PW-")).map(|p| p.last_seq).sum();
+        (seqs > 0).then_some(seqs)
+    })
+    .await;
+    assert!(stored > 0);
+    assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
+}

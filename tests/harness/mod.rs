@@ -209,6 +209,55 @@ impl Mosquitto {
         mosquitto
     }
 
+    /// A broker configured exactly as deploy/mosquitto-tls.conf (client certificates required,
+    /// their CN the user name, deploy/mosquitto.acl), with only the paths and the listener
+    /// moved: `certs` holds broker.crt and broker.key, and `clients_ca`, the CAs of the client
+    /// certificates it accepts.
+    pub async fn start_deployed_tls(certs: &Path, clients_ca: &Path) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("open the mosquitto data directory to the broker's user");
+        let port = free_port();
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let acl = dir.path().join("acl");
+        std::fs::copy(deploy.join("mosquitto.acl"), &acl).expect("copy deploy/mosquitto.acl");
+        // Copies the broker (dropping to its own user) may read; the key only in this test.
+        let copy = |from: &Path, name: &str| {
+            let to = dir.path().join(name);
+            std::fs::copy(from, &to).expect("copy a certificate file");
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+            to
+        };
+        let (cafile, certfile, keyfile) = (
+            copy(clients_ca, "clients-ca.crt"),
+            copy(&certs.join("broker.crt"), "broker.crt"),
+            copy(&certs.join("broker.key"), "broker.key"),
+        );
+        std::fs::set_permissions(&acl, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        let deployed =
+            std::fs::read_to_string(deploy.join("mosquitto-tls.conf")).expect("read deploy/mosquitto-tls.conf");
+        let mut config_text = String::new();
+        for line in deployed.lines() {
+            let moved = match line.split_once(' ') {
+                Some(("listener", _)) => format!("listener {port} 127.0.0.1"),
+                Some(("cafile", _)) => format!("cafile {}", cafile.display()),
+                Some(("certfile", _)) => format!("certfile {}", certfile.display()),
+                Some(("keyfile", _)) => format!("keyfile {}", keyfile.display()),
+                Some(("acl_file", _)) => format!("acl_file {}", acl.display()),
+                Some(("persistence_location", _)) => format!("persistence_location {}/", dir.path().display()),
+                _ => line.to_owned(),
+            };
+            config_text.push_str(&moved);
+            config_text.push('\n');
+        }
+        config_text.push_str("log_type error\n");
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(&config, config_text).expect("write mosquitto.conf");
+        let mut mosquitto = Mosquitto { port, config, process: None, dir };
+        mosquitto.spawn().await;
+        mosquitto
+    }
+
     async fn spawn(&mut self) {
         self.process =
             Some(Process::spawn("mosquitto", Command::new(require("mosquitto")).arg("-c").arg(&self.config)));
@@ -579,6 +628,36 @@ impl Drop for Tmpfs {
     }
 }
 
+/// MQTT options for a TLS client of 127.0.0.1:`port` (the broker's certificate names
+/// 127.0.0.1), trusting `ca_file` and presenting `identity` if given.
+pub fn tls_options(port: u16, ca_file: &Path, identity: Option<(&Path, &Path)>) -> rumqttc::MqttOptions {
+    let files = penwarden_transport::ClientFiles {
+        ca_file: ca_file.to_owned(),
+        identity: identity.map(|(cert, key)| (cert.to_owned(), key.to_owned())),
+    };
+    let config = penwarden_transport::client_config(&files).expect("a TLS client configuration");
+    let mut options = rumqttc::MqttOptions::new(format!("test-publisher-{}", free_port()), "127.0.0.1", port);
+    options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)));
+    options
+}
+
+/// Whether a client with `options` gets a CONNACK that accepts it within 10 s.
+pub async fn connects(options: rumqttc::MqttOptions) -> bool {
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let first = tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await;
+    matches!(
+        first,
+        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) if ack.code == rumqttc::ConnectReturnCode::Success
+    )
+}
+
+/// Issues certificates with scripts/issue-certs.sh (`args` after the script's name).
+pub fn issue_certs(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/issue-certs.sh");
+    let output = Command::new(script).args(args).output().expect("run scripts/issue-certs.sh");
+    assert!(output.status.success(), "issue-certs.sh {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
 /// A test MQTT publisher (QoS 1) that can wait until the broker has acknowledged everything.
 pub struct Publisher {
     client: rumqttc::AsyncClient,
@@ -597,12 +676,22 @@ impl Publisher {
         Self::connect_with(port, Some((user, password))).await
     }
 
+    /// Over TLS, trusting `ca_file` and presenting `identity` (certificate and key files).
+    pub async fn connect_tls(port: u16, ca_file: &Path, identity: Option<(&Path, &Path)>) -> Publisher {
+        let options = tls_options(port, ca_file, identity);
+        Self::connect_options(options).await
+    }
+
     async fn connect_with(port: u16, login: Option<(&str, &str)>) -> Publisher {
-        use rumqttc::{Event, Packet};
         let mut options = rumqttc::MqttOptions::new(format!("test-publisher-{}", free_port()), "127.0.0.1", port);
         if let Some((user, password)) = login {
             options.set_credentials(user, password);
         }
+        Self::connect_options(options).await
+    }
+
+    async fn connect_options(mut options: rumqttc::MqttOptions) -> Publisher {
+        use rumqttc::{Event, Packet};
         // As large as MQTT allows: tests send oversized payloads on purpose.
         options.set_max_packet_size(268_435_460, 268_435_460);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use mqtt::{redacted_url, MqttAddress};
+pub use penwarden_transport::{redacted_url, MqttAddress};
 pub use pipeline::{Error, Service, Stats};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -39,6 +39,12 @@ pub struct Options {
     /// loaded.
     #[serde(skip)]
     pub password: Password,
+    /// For `mqtts://`: PEM certificates of the CAs that issue the broker's certificate.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// For `mqtts://`: penwarden's own certificate and key (PEM), for a broker that requires
+    /// client certificates (deploy/mosquitto-tls.conf: its CN is the user name, `penwarden`).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
     pub topic_root: String,
     pub keep_alive_s: u64,
     /// MQTT 5 receive maximum: how many QoS 1 messages the broker may send before their acks
@@ -77,6 +83,9 @@ impl Default for Options {
             username: String::new(),
             password_file: None,
             password: Password::default(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             topic_root: "pw/v1".into(),
             keep_alive_s: 30,
             receive_maximum: 10_000,
@@ -95,6 +104,20 @@ impl Default for Options {
 }
 
 impl Options {
+    /// The TLS files for an `mqtts://` URL, checked for completeness.
+    fn tls_files(&self) -> Result<penwarden_transport::ClientFiles, String> {
+        let ca_file = self.tls_ca_file.clone().ok_or(
+            "an mqtts:// URL needs ingest.tls_ca_file (PENWARDEN_MQTT_CA_FILE): the CA certificates that issue \
+             the broker's (for a public CA, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt)",
+        )?;
+        let identity = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err("ingest.tls_cert_file and ingest.tls_key_file go together: set both or neither".into()),
+        };
+        Ok(penwarden_transport::ClientFiles { ca_file, identity })
+    }
+
     fn batch_max_delay(&self) -> Duration {
         Duration::from_millis(self.batch_max_delay_ms)
     }

@@ -14,63 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use penwarden_transport::{redacted_url, AddressError, MqttAddress};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Filter, Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 
 use crate::pipeline::Error;
 use crate::topic::{self, Channel};
 use crate::Options;
-
-/// Host and port of an `mqtt://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttAddress {
-    pub host: String,
-    pub port: u16,
-}
-
-/// The URL as it may be shown: a password in it is replaced by `***` (a URL ends up in error
-/// messages and log lines).
-pub fn redacted_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
-        }
-        None => url.to_owned(),
-    }
-}
-
-impl MqttAddress {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let shown = redacted_url(url);
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("MQTT URL {shown:?} must start with mqtt:// (TLS is not supported yet)"))?;
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('@') {
-            // A URL ends up in error messages and log lines; the login has its own keys.
-            return Err(format!(
-                "MQTT URL {shown:?} carries credentials: set the user name in ingest.username \
-                 (PENWARDEN_MQTT_USERNAME) and the password in ingest.password_file \
-                 (PENWARDEN_MQTT_PASSWORD_FILE) or PENWARDEN_MQTT_PASSWORD"
-            ));
-        }
-        let url = &shown;
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (host, port.parse().map_err(|_| format!("MQTT URL {url:?} has an invalid port"))?),
-            None => (rest, 1883),
-        };
-        if host.is_empty() {
-            return Err(format!("MQTT URL {url:?} has no host"));
-        }
-        Ok(MqttAddress { host: host.to_owned(), port })
-    }
-}
 
 /// A publish and the connection it arrived on: acks are only valid on that connection (after
 /// a reconnect the broker redelivers, and a stale packet id could ack a different message).
@@ -231,8 +184,19 @@ pub(crate) struct Connection {
 impl Connection {
     /// Connects and waits for the first CONNACK, so a wrong URL fails at start, clearly.
     pub(crate) async fn open(options: &Options) -> Result<Connection, Error> {
-        let address = MqttAddress::parse(&options.mqtt_url).map_err(Error::Config)?;
+        let address = MqttAddress::parse(&options.mqtt_url).map_err(|error| match error {
+            AddressError::Credentials(_) => Error::Config(format!(
+                "{error}: set the user name in ingest.username (PENWARDEN_MQTT_USERNAME) and the password in \
+                 ingest.password_file (PENWARDEN_MQTT_PASSWORD_FILE) or PENWARDEN_MQTT_PASSWORD"
+            )),
+            AddressError::Invalid(..) => Error::Config(error.to_string()),
+        })?;
         let mut mqtt = MqttOptions::new(&options.client_id, &address.host, address.port);
+        if address.tls {
+            let files = options.tls_files().map_err(Error::Config)?;
+            let config = penwarden_transport::client_config(&files).map_err(Error::Config)?;
+            mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
         mqtt.set_clean_start(false)
             // The session outlives the connection (MQTT 5 ends it with the connection unless
             // told otherwise): 0xFFFFFFFF is "never expires".
@@ -412,32 +376,5 @@ impl Connection {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_mqtt_urls() {
-        assert_eq!(
-            MqttAddress::parse("mqtt://127.0.0.1:1884").unwrap(),
-            MqttAddress { host: "127.0.0.1".into(), port: 1884 }
-        );
-        assert_eq!(MqttAddress::parse("mqtt://broker").unwrap().port, 1883);
-        assert!(MqttAddress::parse("http://x:1").is_err());
-        assert!(MqttAddress::parse("mqtt://:1").is_err());
-        assert!(MqttAddress::parse("mqtt://x:notaport").is_err());
-    }
-
-    #[test]
-    fn a_password_in_the_url_is_never_shown() {
-        for url in ["mqtt://penwarden:s3cret@broker:1883", "mqtts://penwarden:s3cret@broker", "mqtt://u:s3cret@:x"] {
-            let error = MqttAddress::parse(url).unwrap_err();
-            assert!(!error.contains("s3cret") && error.contains("***"), "{error}");
-        }
-        assert_eq!(redacted_url("mqtt://u:p@h:1/x"), "mqtt://u:***@h:1/x");
-        assert_eq!(redacted_url("http://h:8086"), "http://h:8086");
     }
 }

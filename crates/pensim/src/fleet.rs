@@ -11,10 +11,11 @@ use penwarden_proto::api::v1 as api;
 use penwarden_proto::device::v1 as wire;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use tokio::time::Instant;
 
 use crate::inject::SessionFault;
+use crate::link::Links;
 use crate::Args;
 
 pub(crate) struct Layout {
@@ -173,8 +174,7 @@ impl Counters {
 pub(crate) struct Simulation {
     args: Args,
     layout: Layout,
-    client: AsyncClient,
-    eventloop: tokio::task::JoinHandle<()>,
+    links: Arc<Links>,
     acked: Arc<AtomicU64>,
     min_session: Duration,
     max_session: Duration,
@@ -182,7 +182,7 @@ pub(crate) struct Simulation {
 
 struct Shared {
     args: Args,
-    client: AsyncClient,
+    links: Arc<Links>,
     counters: Counters,
     /// UDIs of cartridges already used in a started session (candidates for injected reuse).
     used_cartridges: Mutex<Vec<String>>,
@@ -196,44 +196,11 @@ impl Simulation {
         min_session: Duration,
         max_session: Duration,
     ) -> anyhow::Result<Simulation> {
-        let rest = args.mqtt_url.strip_prefix("mqtt://").context("--mqtt-url must start with mqtt://")?;
-        let (host, port) = rest.rsplit_once(':').map_or(Ok((rest, 1883)), |(h, p)| p.parse().map(|p| (h, p)))?;
-        let mut options = MqttOptions::new(format!("pensim-{}-{}", args.seed, std::process::id()), host, port);
-        // A persistent session, like a real pen's: rumqttc drops unacknowledged publishes when
-        // it reconnects to a fresh session, so a broker restart would lose them otherwise.
-        options
-            .set_clean_session(false)
-            .set_keep_alive(Duration::from_secs(30))
-            // rumqttc reuses packet ids modulo its inflight limit; after a reconnect, replayed
-            // publishes can collide with new ones and stall. A full 16-bit id space avoids it.
-            .set_inflight(u16::MAX)
-            .set_request_channel_capacity(10_000);
-        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         let acked = Arc::new(AtomicU64::new(0));
+        let serials: Vec<String> = layout.pens.iter().map(|(serial, _)| serial.clone()).collect();
         // The first CONNACK proves the broker is there before any pen starts.
-        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
-            Ok(Ok(other)) => anyhow::bail!("unexpected first MQTT packet {other:?}"),
-            Ok(Err(e)) => anyhow::bail!("cannot connect to {}: {e}", args.mqtt_url),
-            Err(_) => anyhow::bail!("no CONNACK from {} within 10 s", args.mqtt_url),
-        }
-        let acked_counter = acked.clone();
-        let eventloop = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        acked_counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("pensim: MQTT connection error: {e}; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        });
-        Ok(Simulation { args: args.clone(), layout, client, eventloop, acked, min_session, max_session })
+        let links = Links::open(args, &serials, acked.clone()).await?;
+        Ok(Simulation { args: args.clone(), layout, links: Arc::new(links), acked, min_session, max_session })
     }
 
     pub(crate) async fn run(self) -> anyhow::Result<serde_json::Value> {
@@ -241,7 +208,7 @@ impl Simulation {
         let qos = if self.args.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
         let shared = Arc::new(Shared {
             args: self.args.clone(),
-            client: self.client.clone(),
+            links: self.links.clone(),
             counters: Counters::default(),
             used_cartridges: Mutex::new(Vec::new()),
             qos,
@@ -269,8 +236,7 @@ impl Simulation {
             });
             wait.await.context("the broker did not acknowledge every message within 60 s")?;
         }
-        self.client.disconnect().await.context("disconnecting")?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.eventloop).await;
+        self.links.close().await?;
 
         let c = &shared.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -329,8 +295,9 @@ impl Shared {
         }
     }
 
-    async fn publish(&self, topic: String, payload: Vec<u8>, qos: QoS, retain: bool) -> anyhow::Result<()> {
-        self.client.publish(topic, qos, retain, payload).await.context("queueing a publish")?;
+    async fn publish(&self, pen: &str, channel: &str, payload: Vec<u8>, qos: QoS, retain: bool) -> anyhow::Result<()> {
+        let topic = self.topic(pen, channel);
+        self.links.client(pen)?.publish(topic, qos, retain, payload).await.context("queueing a publish")?;
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         if qos == QoS::AtLeastOnce {
             self.counters.qos1_messages.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +315,7 @@ impl Shared {
             kind: Some(kind),
         };
         // Events are QoS 1 by protocol, whatever --qos says for telemetry.
-        self.publish(self.topic(pen, "events"), self.encode(&event), QoS::AtLeastOnce, false).await?;
+        self.publish(pen, "events", self.encode(&event), QoS::AtLeastOnce, false).await?;
         self.counters.event_messages.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -363,7 +330,7 @@ impl Shared {
             firmware: FIRMWARE.into(),
             model: MODEL.into(),
         };
-        self.publish(self.topic(pen, "state"), self.encode(&state), self.qos, true).await
+        self.publish(pen, "state", self.encode(&state), self.qos, true).await
     }
 }
 
@@ -497,7 +464,7 @@ async fn run_pen(
                 session_id: session_id.clone(),
                 samples,
             };
-            shared.publish(shared.topic(&pen, "telemetry"), shared.encode(&batch), shared.qos, false).await?;
+            shared.publish(&pen, "telemetry", shared.encode(&batch), shared.qos, false).await?;
             shared.counters.telemetry_messages.fetch_add(1, Ordering::Relaxed);
             shared.counters.samples.fetch_add(count as u64, Ordering::Relaxed);
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use penwarden_proto::device::v1 as wire;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use tokio::time::Instant;
 
 use crate::Args;
@@ -106,38 +106,16 @@ struct Connection {
 
 impl Connection {
     async fn open(args: &Args, index: usize, totals: Arc<Totals>) -> anyhow::Result<Connection> {
-        let rest = args.mqtt_url.strip_prefix("mqtt://").context("--mqtt-url must start with mqtt://")?;
-        let (host, port) = rest.rsplit_once(':').map_or(Ok((rest, 1883)), |(h, p)| p.parse().map(|p| (h, p)))?;
         let id = format!("pensim-load-{}-{}-{index}", args.seed, std::process::id());
-        let mut options = MqttOptions::new(id, host, port);
+        let mut options = crate::link::options(args, id, None)?;
         options
             .set_clean_session(false)
             .set_keep_alive(Duration::from_secs(30))
             .set_inflight(u16::MAX)
             .set_max_packet_size(1 << 20, 1 << 20)
             .set_request_channel_capacity(50_000);
-        let (client, mut eventloop) = AsyncClient::new(options, 50_000);
-        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
-            Ok(Ok(other)) => anyhow::bail!("unexpected first MQTT packet {other:?}"),
-            Ok(Err(e)) => anyhow::bail!("cannot connect to {}: {e}", args.mqtt_url),
-            Err(_) => anyhow::bail!("no CONNACK from {} within 10 s", args.mqtt_url),
-        }
-        let eventloop = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        totals.acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("pensim: MQTT connection error: {e}; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        });
+        let on_ack = move || _ = totals.acked.fetch_add(1, Ordering::Relaxed);
+        let (client, eventloop) = crate::link::connect(options, 50_000, &args.mqtt_url, on_ack).await?;
         Ok(Connection { client, eventloop })
     }
 }

@@ -6,6 +6,7 @@
 
 mod fleet;
 mod inject;
+mod link;
 mod load;
 
 use std::time::Duration;
@@ -18,9 +19,17 @@ use crate::inject::Injection;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "pensim", version, about = "Simulated fleet of connected microneedling pens")]
 pub(crate) struct Args {
-    /// Broker to publish to, mqtt://host:port.
+    /// Broker to publish to: mqtt://host[:1883], or over TLS mqtts://host[:8883].
     #[arg(long, env = "PENSIM_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
     pub(crate) mqtt_url: String,
+    /// For mqtts://: PEM certificates of the CAs that issue the broker's certificate.
+    #[arg(long)]
+    pub(crate) mqtt_ca_file: Option<std::path::PathBuf>,
+    /// For mqtts://: a directory of per-pen client certificates, SERIAL.crt and SERIAL.key
+    /// (scripts/issue-certs.sh pens): each pen then connects on its own with its own
+    /// certificate, as a broker that identifies pens by certificate requires. Not in load mode.
+    #[arg(long, conflicts_with = "load_rate")]
+    pub(crate) pen_cert_dir: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 10)]
     pub(crate) pens: usize,
     #[arg(long, default_value_t = 3)]

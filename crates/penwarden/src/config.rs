@@ -82,6 +82,15 @@ impl Config {
         if let Some(v) = var("PENWARDEN_MQTT_USERNAME") {
             self.ingest.username = v;
         }
+        if let Some(v) = var("PENWARDEN_MQTT_CA_FILE") {
+            self.ingest.tls_ca_file = Some(v.into());
+        }
+        if let Some(v) = var("PENWARDEN_MQTT_CERT_FILE") {
+            self.ingest.tls_cert_file = Some(v.into());
+        }
+        if let Some(v) = var("PENWARDEN_MQTT_KEY_FILE") {
+            self.ingest.tls_key_file = Some(v.into());
+        }
         if let Some(v) = var("PENWARDEN_MQTT_PASSWORD_FILE") {
             self.ingest.password_file = Some(v.into());
         }
@@ -241,7 +250,15 @@ mod tests {
         for path in &expected {
             assert!(shown.contains(path), "deploy/penwarden.example.toml lacks the key {path}");
         }
-        let mut optional = vec!["metrics.addr".to_string(), "ingest.password_file".to_string()];
+        let mut optional: Vec<String> = [
+            "metrics.addr",
+            "ingest.password_file",
+            "ingest.tls_ca_file",
+            "ingest.tls_cert_file",
+            "ingest.tls_key_file",
+        ]
+        .map(String::from)
+        .to_vec();
         optional.extend(expected.iter().cloned());
         for path in &shown {
             assert!(optional.contains(path), "deploy/penwarden.example.toml shows an unknown key {path}");
@@ -250,6 +267,9 @@ mod tests {
         let mut example_defaults = example_config;
         example_defaults.metrics.addr = None;
         example_defaults.ingest.password_file = None;
+        example_defaults.ingest.tls_ca_file = None;
+        example_defaults.ingest.tls_cert_file = None;
+        example_defaults.ingest.tls_key_file = None;
         assert_eq!(toml::Value::try_from(example_defaults).unwrap(), defaults, "example values differ from defaults");
     }
 

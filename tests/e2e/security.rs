@@ -244,3 +244,69 @@ async fn over_tls_each_pen_is_its_certificate_and_nothing_else_gets_in() {
     assert!(stored > 0);
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }
+
+/// An RPC with the admin key over `url` with `tls`: whether it was answered.
+async fn answered(url: &str, tls: &penwarden_proto::ClientTlsFiles, token: &str) -> bool {
+    let Ok(channel) = penwarden_proto::connect(url, tls).await else { return false };
+    let token = penwarden_proto::BearerToken::new(token).unwrap();
+    let mut fleet = api::fleet_service_client::FleetServiceClient::with_interceptor(channel, token);
+    fleet.list_pens(api::ListPensRequest::default()).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_mutual_tls_and_never_plaintext_beyond_loopback_unless_told() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path().display().to_string();
+    let dir = certs.path();
+    penwarden_tests::issue_certs(&["ca", &d, "servers"]);
+    penwarden_tests::issue_certs(&["ca", &d, "clients"]);
+    penwarden_tests::issue_certs(&["server", &d, "servers", "api", "127.0.0.1", "localhost"]);
+    penwarden_tests::issue_certs(&["client", &d, "clients", "ops"]);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+
+    // Plaintext beyond loopback: refused at start, in one line, before anything listens.
+    let (ok, printed) = serve_expecting_exit(&mosquitto, &influxd, &[("PENWARDEN_GRPC_ADDR", "0.0.0.0:0")]);
+    assert!(!ok, "{printed}");
+    let refusal = printed.lines().find(|line| line.contains("refusing to serve gRPC in plaintext on 0.0.0.0:0"));
+    assert!(refusal.is_some_and(|line| line.contains("--allow-plaintext")), "{printed}");
+
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_GRPC_TLS_CERT_FILE", path("api.crt")),
+        ("PENWARDEN_GRPC_TLS_KEY_FILE", path("api.key")),
+        ("PENWARDEN_GRPC_TLS_CLIENT_CA_FILE", path("clients-ca.crt")),
+        // The client side, as the CLI reads it (the harness connects with these too).
+        ("PENWARDEN_GRPC_CA_FILE", path("servers-ca.crt")),
+        ("PENWARDEN_GRPC_CERT_FILE", path("ops.crt")),
+        ("PENWARDEN_GRPC_KEY_FILE", path("ops.key")),
+    ];
+    let mut penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    let https = penwarden.endpoint();
+    assert!(https.starts_with("https://"));
+    let token = penwarden.admin_token.clone();
+    let full = penwarden_proto::ClientTlsFiles {
+        ca_file: Some(dir.join("servers-ca.crt")),
+        identity: Some((dir.join("ops.crt"), dir.join("ops.key"))),
+    };
+    assert!(answered(&https, &full, &token).await, "a client with the CA and a client certificate");
+    let no_identity = penwarden_proto::ClientTlsFiles { identity: None, ..full.clone() };
+    assert!(!answered(&https, &no_identity, &token).await, "no client certificate");
+    let wrong_ca = penwarden_proto::ClientTlsFiles { ca_file: Some(dir.join("clients-ca.crt")), ..full.clone() };
+    assert!(!answered(&https, &wrong_ca, &token).await, "a server certificate the client does not trust");
+    let plaintext = format!("http://{}", penwarden.grpc_addr);
+    assert!(!answered(&plaintext, &Default::default(), &token).await, "plaintext");
+
+    // The CLI speaks https:// with the same files.
+    let output = std::process::Command::new(binary("penwarden"))
+        .args(["violations", "--grpc-url", &https])
+        .args(["--grpc-ca-file", &path("servers-ca.crt"), "--grpc-cert-file", &path("ops.crt")])
+        .args(["--grpc-key-file", &path("ops.key")])
+        .env("PENWARDEN_API_KEY", &token)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
+}

@@ -455,11 +455,11 @@ impl Penwarden {
         let mut command = Command::new(binary("penwarden"));
         command.arg("serve").envs(env.iter().map(|(k, v)| (k, v)));
         let mut process = Process::spawn("penwarden", &mut command);
-        let endpoint = format!("http://{grpc_addr}");
+        let (endpoint, tls) = grpc_client(env, grpc_addr);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(process.is_running(), "penwarden exited during start");
-            if tonic::transport::Endpoint::from_shared(endpoint.clone()).expect("endpoint").connect().await.is_ok() {
+            if penwarden_proto::connect(&endpoint, &tls).await.is_ok() {
                 return process;
             }
             assert!(Instant::now() < deadline, "penwarden did not open gRPC within 30 s");
@@ -486,9 +486,25 @@ impl Penwarden {
         self.process = Self::spawn(&self.env, self.grpc_addr).await;
     }
 
+    /// `http://` or, when penwarden serves gRPC over TLS, `https://`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        grpc_client(&self.env, self.grpc_addr).0
     }
+}
+
+/// How a client reaches this penwarden: its URL, and the TLS files the test gave among the
+/// environment, under the names the CLI reads (PENWARDEN_GRPC_CA_FILE, _CERT_FILE, _KEY_FILE)
+/// when the server's (PENWARDEN_GRPC_TLS_CERT_FILE) is set.
+fn grpc_client(env: &[(String, String)], grpc_addr: SocketAddr) -> (String, penwarden_proto::ClientTlsFiles) {
+    let get = |name: &str| env.iter().find(|(key, _)| key == name).map(|(_, value)| PathBuf::from(value));
+    if get("PENWARDEN_GRPC_TLS_CERT_FILE").is_none() {
+        return (format!("http://{grpc_addr}"), Default::default());
+    }
+    let tls = penwarden_proto::ClientTlsFiles {
+        ca_file: get("PENWARDEN_GRPC_CA_FILE"),
+        identity: get("PENWARDEN_GRPC_CERT_FILE").zip(get("PENWARDEN_GRPC_KEY_FILE")),
+    };
+    (format!("https://{grpc_addr}"), tls)
 }
 
 /// Runs `penwarden apikey create` against the store `env` names; returns the token.
@@ -506,12 +522,9 @@ fn create_api_key(env: &[(String, String)], role: &str, scope: &str) -> String {
 pub type Authenticated =
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, penwarden_proto::BearerToken>;
 
-async fn api_channel(endpoint: &str, token: &str) -> (tonic::transport::Channel, penwarden_proto::BearerToken) {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect to penwarden");
+async fn api_channel(penwarden: &Penwarden, token: &str) -> (tonic::transport::Channel, penwarden_proto::BearerToken) {
+    let (endpoint, tls) = grpc_client(&penwarden.env, penwarden.grpc_addr);
+    let channel = penwarden_proto::connect(&endpoint, &tls).await.expect("connect to penwarden");
     (channel, penwarden_proto::BearerToken::new(token).expect("a header-safe token"))
 }
 
@@ -522,7 +535,7 @@ impl Penwarden {
     }
 
     pub async fn compliance_as(&self, token: &str) -> ComplianceServiceClient<Authenticated> {
-        let (channel, token) = api_channel(&self.endpoint(), token).await;
+        let (channel, token) = api_channel(self, token).await;
         ComplianceServiceClient::with_interceptor(channel, token)
     }
 
@@ -532,12 +545,12 @@ impl Penwarden {
     }
 
     pub async fn fleet_as(&self, token: &str) -> FleetServiceClient<Authenticated> {
-        let (channel, token) = api_channel(&self.endpoint(), token).await;
+        let (channel, token) = api_channel(self, token).await;
         FleetServiceClient::with_interceptor(channel, token)
     }
 
     pub async fn quarantine_as(&self, token: &str) -> QuarantineServiceClient<Authenticated> {
-        let (channel, token) = api_channel(&self.endpoint(), token).await;
+        let (channel, token) = api_channel(self, token).await;
         QuarantineServiceClient::with_interceptor(channel, token)
     }
 }

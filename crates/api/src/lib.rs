@@ -29,12 +29,38 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("gRPC TLS: {0}")]
+    Tls(String),
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// The server side of gRPC over TLS: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsFiles {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    /// Mutual TLS: clients must present a certificate these CAs issued.
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+impl ServerTlsFiles {
+    fn config(&self) -> Result<tonic::transport::ServerTlsConfig, Error> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::Tls(format!("cannot read {}: {e}", path.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(&self.cert_file)?, read(&self.key_file)?);
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca_file {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        Ok(config)
+    }
+}
+
 /// A bound gRPC server; `local_addr` tells the port when 0 was asked for.
 pub struct Server {
+    tls: Option<tonic::transport::ServerTlsConfig>,
     listener: TcpListener,
     store: Store,
     derived_lines: DerivedLines,
@@ -47,14 +73,17 @@ pub type Replays = tokio::sync::mpsc::Sender<penwarden_store::Replayable>;
 impl Server {
     /// `derived_lines` turns changes the API makes to the record (a recall) into time-series
     /// lines for the outbox; `replays` takes quarantined messages an operator replays.
+    /// `tls`: serve gRPC over TLS with these files (read and checked here, before binding).
     pub async fn bind(
         addr: SocketAddr,
+        tls: Option<&ServerTlsFiles>,
         store: Store,
         derived_lines: DerivedLines,
         replays: Replays,
     ) -> Result<Server, Error> {
+        let tls = tls.map(ServerTlsFiles::config).transpose()?;
         let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-        Ok(Server { listener, store, derived_lines, replays })
+        Ok(Server { tls, listener, store, derived_lines, replays })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -84,7 +113,11 @@ impl Server {
             health_reporter.set_serving::<ComplianceServiceServer<ComplianceApi>>().await;
             health_reporter.set_serving::<FleetServiceServer<FleetApi>>().await;
             health_reporter.set_serving::<QuarantineServiceServer<QuarantineApi>>().await;
-            tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = self.tls {
+                builder = builder.tls_config(tls)?;
+            }
+            builder
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(reflection_v1alpha)

@@ -42,16 +42,19 @@ type FleetClient = api::fleet_service_client::FleetServiceClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, penwarden_proto::BearerToken>,
 >;
 
-async fn fleet_client(url: &str, api_key: &str) -> anyhow::Result<FleetClient> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(url.to_owned()).with_context(|| format!("invalid gRPC URL {url:?}"))?;
-    let channel = endpoint.connect().await.with_context(|| format!("connecting to {url}"))?;
-    let token = penwarden_proto::BearerToken::new(api_key).context("the API key holds invalid characters")?;
+async fn fleet_client(args: &Args) -> anyhow::Result<FleetClient> {
+    let url = args.grpc_url.as_deref().context("no --grpc-url")?;
+    let tls = penwarden_proto::ClientTlsFiles {
+        ca_file: args.grpc_ca_file.clone(),
+        identity: args.grpc_cert_file.clone().zip(args.grpc_key_file.clone()),
+    };
+    let channel = penwarden_proto::connect(url, &tls).await.map_err(anyhow::Error::msg)?;
+    let token = penwarden_proto::BearerToken::new(&args.api_key()?).context("the API key holds invalid characters")?;
     Ok(api::fleet_service_client::FleetServiceClient::with_interceptor(channel, token))
 }
 
-pub(crate) async fn register(url: &str, api_key: &str, layout: &Layout, pens_too: bool) -> anyhow::Result<()> {
-    let mut client = fleet_client(url, api_key).await?;
+pub(crate) async fn register(args: &Args, layout: &Layout, pens_too: bool) -> anyhow::Result<()> {
+    let mut client = fleet_client(args).await?;
     let public_key = demo_manufacturer().verifying_key().to_bytes().to_vec();
     let lots = (1..=LOTS)
         .map(|lot| (format!("LOT{lot}"), GOOD_UNTIL))
@@ -99,16 +102,16 @@ pub(crate) async fn register(url: &str, api_key: &str, layout: &Layout, pens_too
 }
 
 /// The highest seq penwarden has of each pen (pens it does not know are left out).
-pub(crate) async fn last_seqs(url: &str, api_key: &str) -> anyhow::Result<std::collections::HashMap<String, u64>> {
-    let mut client = fleet_client(url, api_key).await?;
+pub(crate) async fn last_seqs(args: &Args) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let mut client = fleet_client(args).await?;
     let pens = client.list_pens(api::ListPensRequest::default()).await?.into_inner().pens;
     Ok(pens.into_iter().map(|pen| (pen.pen_serial, pen.last_seq)).collect())
 }
 
 /// Recalls the lot every `recalled` injection used: at the end of the run, so the recall is
 /// retroactive for sessions already recorded.
-pub(crate) async fn recall(url: &str, api_key: &str) -> anyhow::Result<u32> {
-    let mut client = fleet_client(url, api_key).await?;
+pub(crate) async fn recall(args: &Args) -> anyhow::Result<u32> {
+    let mut client = fleet_client(args).await?;
     let request =
         api::RecallLotRequest { gtin: gtin(), lot: RECALLED_LOT.into(), reason: "pensim: simulated recall".into() };
     Ok(client.recall_lot(request).await?.into_inner().violations_raised)
@@ -259,8 +262,7 @@ impl Simulation {
         }
         let mut recall_raised = None;
         if self.args.inject.wants(SessionFault::Recalled) {
-            let url = self.args.grpc_url.as_deref().context("--inject recalled needs --grpc-url")?;
-            recall_raised = Some(recall(url, &self.args.api_key()?).await.context("recalling the lot")?);
+            recall_raised = Some(recall(&self.args).await.context("recalling the lot")?);
         }
         Ok(serde_json::json!({
             "pens": self.layout.pens.len(),

@@ -55,9 +55,18 @@ pub(crate) struct Args {
     pub(crate) session_secs: String,
     #[arg(long, default_value = "pw/v1")]
     pub(crate) topic_root: String,
-    /// Register over penwarden's gRPC API first (http://host:port): see --register.
+    /// Register over penwarden's gRPC API first (http://host:port, or https://host:port over
+    /// TLS): see --register.
     #[arg(long)]
     pub(crate) grpc_url: Option<String>,
+    /// For an https:// --grpc-url: PEM certificates of the CAs that issue the server's.
+    #[arg(long)]
+    pub(crate) grpc_ca_file: Option<std::path::PathBuf>,
+    /// For a server that requires client certificates: pensim's certificate and key (PEM).
+    #[arg(long, requires = "grpc_key_file")]
+    pub(crate) grpc_cert_file: Option<std::path::PathBuf>,
+    #[arg(long, requires = "grpc_cert_file")]
+    pub(crate) grpc_key_file: Option<std::path::PathBuf>,
     /// What to register with --grpc-url: `fleet` (chains, clinics, pens, operators and the
     /// demo manufacturer's lots), `catalog` (operators and lots only; pens auto-register) or
     /// `none` (registered earlier).
@@ -138,13 +147,12 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     if args.inject.wants(inject::SessionFault::Recalled) && args.grpc_url.is_none() {
         anyhow::bail!("--inject recalled needs --grpc-url: pensim recalls the lot through the API");
     }
-    if let Some(url) = args.grpc_url.as_ref() {
-        let api_key = args.api_key()?;
+    if args.grpc_url.is_some() {
         if args.register != "none" {
-            fleet::register(url, &api_key, &layout, args.register == "fleet").await.context("registering over gRPC")?;
+            fleet::register(&args, &layout, args.register == "fleet").await.context("registering over gRPC")?;
         }
         // A second run against the same store numbers on, like a pen that keeps its counter.
-        layout.last_seqs = fleet::last_seqs(url, &api_key).await.context("reading the pens' last seqs")?;
+        layout.last_seqs = fleet::last_seqs(&args).await.context("reading the pens' last seqs")?;
     }
     let simulation =
         fleet::Simulation::connect(&args, layout, Duration::from_secs_f64(min), Duration::from_secs_f64(max)).await?;

@@ -2,7 +2,7 @@
 //! variables. See deploy/penwarden.example.toml for every key.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,45 @@ pub(crate) struct ApiConfig {
     pub(crate) grpc_addr: SocketAddr,
     /// How long shutdown may take before in-flight work is abandoned (it stays unacked).
     pub(crate) shutdown_deadline_s: u64,
+    /// gRPC over TLS: the server's certificate chain and key (PEM).
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
+    /// Mutual TLS: only clients with a certificate from these CAs (PEM) may connect.
+    pub(crate) tls_client_ca_file: Option<PathBuf>,
+    /// Serve plaintext gRPC on an address other than loopback (behind a proxy that terminates
+    /// TLS). Without it, penwarden refuses to: API keys would cross the network in the clear.
+    pub(crate) allow_plaintext: bool,
+}
+
+impl ApiConfig {
+    /// The server's TLS files, checked for completeness (None: plaintext).
+    pub(crate) fn tls(&self) -> Result<Option<penwarden_api::ServerTlsFiles>, String> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert_file), Some(key_file)) => Ok(Some(penwarden_api::ServerTlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file: self.tls_client_ca_file.clone(),
+            })),
+            (None, None) if self.tls_client_ca_file.is_some() => {
+                Err("api.tls_client_ca_file needs api.tls_cert_file and api.tls_key_file".into())
+            }
+            (None, None) => Ok(None),
+            _ => Err("api.tls_cert_file and api.tls_key_file go together: set both or neither".into()),
+        }
+    }
+
+    /// Refuses plaintext gRPC beyond loopback unless allowed explicitly.
+    pub(crate) fn check_plaintext(&self, tls: bool) -> Result<(), String> {
+        if tls || self.allow_plaintext || self.grpc_addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve gRPC in plaintext on {}: API keys would cross the network in the clear; \
+             set api.tls_cert_file and api.tls_key_file (PENWARDEN_GRPC_TLS_CERT_FILE, PENWARDEN_GRPC_TLS_KEY_FILE), \
+             or, behind a proxy that terminates TLS, --allow-plaintext (api.allow_plaintext, PENWARDEN_GRPC_ALLOW_PLAINTEXT)",
+            self.grpc_addr
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -47,7 +86,14 @@ impl Default for StoreConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)), shutdown_deadline_s: 30 }
+        ApiConfig {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            shutdown_deadline_s: 30,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            allow_plaintext: false,
+        }
     }
 }
 
@@ -128,6 +174,18 @@ impl Config {
         if let Some(v) = var("PENWARDEN_GRPC_ADDR") {
             self.api.grpc_addr = parse("PENWARDEN_GRPC_ADDR", v)?;
         }
+        if let Some(v) = var("PENWARDEN_GRPC_TLS_CERT_FILE") {
+            self.api.tls_cert_file = Some(v.into());
+        }
+        if let Some(v) = var("PENWARDEN_GRPC_TLS_KEY_FILE") {
+            self.api.tls_key_file = Some(v.into());
+        }
+        if let Some(v) = var("PENWARDEN_GRPC_TLS_CLIENT_CA_FILE") {
+            self.api.tls_client_ca_file = Some(v.into());
+        }
+        if let Some(v) = var("PENWARDEN_GRPC_ALLOW_PLAINTEXT") {
+            self.api.allow_plaintext = parse("PENWARDEN_GRPC_ALLOW_PLAINTEXT", v)?;
+        }
         if let Some(v) = var("PENWARDEN_METRICS_ADDR") {
             self.metrics.addr = Some(parse("PENWARDEN_METRICS_ADDR", v)?);
         }
@@ -190,6 +248,27 @@ mod tests {
         let error = Config::load(None, env(&[("PENWARDEN_MQTT_PASSWORD_FILE", &path)])).unwrap_err();
         assert!(error.contains("is empty"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn plaintext_grpc_is_refused_beyond_loopback_unless_allowed() {
+        let mut api = ApiConfig::default();
+        assert_eq!(api.check_plaintext(false), Ok(()), "loopback");
+        api.grpc_addr = "0.0.0.0:50051".parse().unwrap();
+        let error = api.check_plaintext(false).unwrap_err();
+        assert!(error.starts_with("refusing to serve gRPC in plaintext on 0.0.0.0:50051"), "{error}");
+        assert!(!error.contains('\n'), "one line");
+        assert_eq!(api.check_plaintext(true), Ok(()), "TLS");
+        api.allow_plaintext = true;
+        assert_eq!(api.check_plaintext(false), Ok(()), "allowed explicitly");
+        api.grpc_addr = "[::1]:50051".parse().unwrap();
+        api.allow_plaintext = false;
+        assert_eq!(api.check_plaintext(false), Ok(()), "IPv6 loopback");
+        // TLS files come in pairs.
+        api.tls_cert_file = Some("cert.pem".into());
+        assert!(api.tls().is_err());
+        api.tls_key_file = Some("key.pem".into());
+        assert!(api.tls().unwrap().is_some());
     }
 
     #[test]
@@ -270,6 +349,9 @@ mod tests {
         example_defaults.ingest.tls_ca_file = None;
         example_defaults.ingest.tls_cert_file = None;
         example_defaults.ingest.tls_key_file = None;
+        example_defaults.api.tls_cert_file = None;
+        example_defaults.api.tls_key_file = None;
+        example_defaults.api.tls_client_ca_file = None;
         assert_eq!(toml::Value::try_from(example_defaults).unwrap(), defaults, "example values differ from defaults");
     }
 

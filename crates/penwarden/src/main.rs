@@ -28,6 +28,10 @@ enum Command {
         /// TOML config file; PENWARDEN_* environment variables override it.
         #[arg(long, env = "PENWARDEN_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve gRPC in plaintext on an address beyond loopback (behind a proxy that
+        /// terminates TLS); refused otherwise.
+        #[arg(long)]
+        allow_plaintext: bool,
     },
     /// Create, list or revoke API keys (in the store named by the config).
     Apikey {
@@ -39,11 +43,8 @@ enum Command {
     },
     /// Summarise the compliance record of a running penwarden over gRPC.
     Violations {
-        #[arg(long, env = "PENWARDEN_GRPC_URL", default_value = "http://127.0.0.1:50051")]
-        grpc_url: String,
-        /// An API key's token.
-        #[arg(long, env = "PENWARDEN_API_KEY", hide_env_values = true)]
-        api_key: String,
+        #[command(flatten)]
+        access: ApiAccess,
         /// Only this rule id, e.g. CARTRIDGE_REUSE.
         #[arg(long)]
         rule: Option<String>,
@@ -71,11 +72,34 @@ enum Command {
 /// Where the running penwarden is, and the key to ask it with.
 #[derive(clap::Args)]
 struct ApiAccess {
+    /// http://host:port, or https://host:port for gRPC over TLS.
     #[arg(long, env = "PENWARDEN_GRPC_URL", default_value = "http://127.0.0.1:50051")]
     grpc_url: String,
-    /// An admin API key's token.
+    /// An API key's token (the quarantine needs an admin's).
     #[arg(long, env = "PENWARDEN_API_KEY", hide_env_values = true)]
     api_key: String,
+    /// For https://: PEM certificates of the CAs that issue the server's certificate.
+    #[arg(long, env = "PENWARDEN_GRPC_CA_FILE")]
+    grpc_ca_file: Option<PathBuf>,
+    /// For a server that requires client certificates (mutual TLS): this client's
+    /// certificate and key (PEM).
+    #[arg(long, env = "PENWARDEN_GRPC_CERT_FILE", requires = "grpc_key_file")]
+    grpc_cert_file: Option<PathBuf>,
+    #[arg(long, env = "PENWARDEN_GRPC_KEY_FILE", requires = "grpc_cert_file")]
+    grpc_key_file: Option<PathBuf>,
+}
+
+impl ApiAccess {
+    fn target(&self) -> query::Target {
+        query::Target {
+            grpc_url: self.grpc_url.clone(),
+            api_key: self.api_key.clone(),
+            tls: penwarden_proto::ClientTlsFiles {
+                ca_file: self.grpc_ca_file.clone(),
+                identity: self.grpc_cert_file.clone().zip(self.grpc_key_file.clone()),
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -124,7 +148,7 @@ enum ApikeyAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve::run(config.as_deref()),
+        Command::Serve { config, allow_plaintext } => serve::run(config.as_deref(), allow_plaintext),
         Command::Apikey { action, config } => match action {
             ApikeyAction::Create { role, scope, label, token_file } => {
                 apikey::create(config.as_deref(), &role, &scope, &label, token_file.as_deref())
@@ -132,12 +156,12 @@ fn main() -> ExitCode {
             ApikeyAction::List => apikey::list(config.as_deref()),
             ApikeyAction::Revoke { key_id } => apikey::revoke(config.as_deref(), &key_id),
         },
-        Command::Violations { grpc_url, api_key, rule } => query::violations(&grpc_url, &api_key, rule),
+        Command::Violations { access, rule } => query::violations(&access.target(), rule),
         Command::Quarantine { action: None, access, reason, pen, limit } => {
-            query::quarantine(&access.grpc_url, &access.api_key, reason, pen, limit)
+            query::quarantine(&access.target(), reason, pen, limit)
         }
         Command::Quarantine { action: Some(QuarantineAction::Replay { access, reason, pen, since }), .. } => {
-            query::replay(&access.grpc_url, &access.api_key, reason, pen, since.as_deref())
+            query::replay(&access.target(), reason, pen, since.as_deref())
         }
     };
     match result {

@@ -16,11 +16,16 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> a
 
 type Authenticated = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>;
 
-async fn channel(grpc_url: &str, api_key: &str) -> anyhow::Result<(tonic::transport::Channel, BearerToken)> {
-    let endpoint = tonic::transport::Endpoint::from_shared(grpc_url.to_owned())
-        .with_context(|| format!("invalid gRPC URL {grpc_url:?}"))?;
-    let token = BearerToken::new(api_key).context("the API key holds characters a header cannot carry")?;
-    let channel = endpoint.connect().await.with_context(|| format!("cannot reach penwarden at {grpc_url}"))?;
+/// A running penwarden and how to reach it: URL, API key, TLS files.
+pub(crate) struct Target {
+    pub(crate) grpc_url: String,
+    pub(crate) api_key: String,
+    pub(crate) tls: penwarden_proto::ClientTlsFiles,
+}
+
+async fn channel(target: &Target) -> anyhow::Result<(tonic::transport::Channel, BearerToken)> {
+    let token = BearerToken::new(&target.api_key).context("the API key holds characters a header cannot carry")?;
+    let channel = penwarden_proto::connect(&target.grpc_url, &target.tls).await.map_err(anyhow::Error::msg)?;
     Ok((channel, token))
 }
 
@@ -29,14 +34,13 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 pub(crate) fn quarantine(
-    grpc_url: &str,
-    api_key: &str,
+    target: &Target,
     reason: Option<String>,
     pen: Option<String>,
     limit: u32,
 ) -> anyhow::Result<()> {
     block_on(async {
-        let (channel, token) = channel(grpc_url, api_key).await?;
+        let (channel, token) = channel(target).await?;
         let mut client: QuarantineServiceClient<Authenticated> =
             QuarantineServiceClient::with_interceptor(channel, token);
         let request = ListQuarantineRequest {
@@ -60,16 +64,10 @@ pub(crate) fn quarantine(
     })
 }
 
-pub(crate) fn replay(
-    grpc_url: &str,
-    api_key: &str,
-    reason: String,
-    pen: Option<String>,
-    since: Option<&str>,
-) -> anyhow::Result<()> {
+pub(crate) fn replay(target: &Target, reason: String, pen: Option<String>, since: Option<&str>) -> anyhow::Result<()> {
     let since_unix_ms = since.map(parse_time).transpose()?.unwrap_or(0);
     block_on(async {
-        let (channel, token) = channel(grpc_url, api_key).await?;
+        let (channel, token) = channel(target).await?;
         let mut client: QuarantineServiceClient<Authenticated> =
             QuarantineServiceClient::with_interceptor(channel, token);
         let request = ReplayQuarantineRequest {
@@ -139,9 +137,9 @@ fn id_ranges(ids: &[i64]) -> String {
         .join(", ")
 }
 
-pub(crate) fn violations(grpc_url: &str, api_key: &str, rule: Option<String>) -> anyhow::Result<()> {
+pub(crate) fn violations(target: &Target, rule: Option<String>) -> anyhow::Result<()> {
     block_on(async {
-        let (channel, token) = channel(grpc_url, api_key).await?;
+        let (channel, token) = channel(target).await?;
         let mut client: ComplianceServiceClient<Authenticated> =
             ComplianceServiceClient::with_interceptor(channel, token);
         let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();

@@ -11,8 +11,10 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 
-pub(crate) fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
-    let config = Config::load(config_file, |name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
+/// `allow_plaintext` is `--allow-plaintext`: as `api.allow_plaintext = true`.
+pub(crate) fn run(config_file: Option<&Path>, allow_plaintext: bool) -> anyhow::Result<()> {
+    let mut config = Config::load(config_file, |name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
+    config.api.allow_plaintext |= allow_plaintext;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -26,6 +28,9 @@ pub(crate) fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything else: a server that would expose API keys is not started at all.
+    let grpc_tls = config.api.tls().map_err(anyhow::Error::msg)?;
+    config.api.check_plaintext(grpc_tls.is_some()).map_err(anyhow::Error::msg)?;
     let store = Store::connect(&config.store.url).await?.with_thresholds(config.compliance.clone());
     let writer = penwarden_influx::Writer::new(config.influx.clone())?;
     writer.check().await?;
@@ -48,7 +53,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let derived_lines: penwarden_api::DerivedLines =
         Arc::new(move |effects| penwarden_ingest::points::derived(effects, &directory));
     let (replays, replayed) = tokio::sync::mpsc::channel(1024);
-    let api = penwarden_api::Server::bind(config.api.grpc_addr, store.clone(), derived_lines, replays).await?;
+    let api =
+        penwarden_api::Server::bind(config.api.grpc_addr, grpc_tls.as_ref(), store.clone(), derived_lines, replays)
+            .await?;
     let grpc_addr = api.local_addr()?;
     let ingest = penwarden_ingest::Service::connect(config.ingest.clone(), store.clone(), writer).await?;
     let stats = ingest.stats();

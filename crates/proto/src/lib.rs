@@ -42,6 +42,46 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
+/// How a client reaches penwarden's gRPC API over TLS (`https://` URLs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// PEM certificates of the CAs that issue the server's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate and key to present, for a server that requires client certificates.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Connects to penwarden's gRPC API: `http://host:port` in plaintext, `https://host:port` over
+/// TLS (rustls with ring), trusting the CAs in `tls.ca_file`, which `https://` requires. Errors
+/// name the URL and files, never a token.
+pub async fn connect(url: &str, tls: &ClientTlsFiles) -> Result<tonic::transport::Channel, String> {
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("invalid gRPC URL {url:?}: {e}"))?;
+    if url.starts_with("https://") {
+        let ca_file = tls.ca_file.as_deref().ok_or_else(|| {
+            format!("{url} is TLS: give the CA certificate file that issued the server's certificate")
+        })?;
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca_file)?));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| format!("TLS configuration for {url}: {e}"))?;
+    } else if tls.ca_file.is_some() || tls.identity.is_some() {
+        return Err(format!("{url} is plaintext: TLS files are given, so use https://"));
+    }
+    endpoint.connect().await.map_err(|e| {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            reason = format!("{reason}: {cause}");
+            source = cause.source();
+        }
+        format!("cannot reach penwarden at {url}: {reason}")
+    })
+}
+
 /// Encoded `FileDescriptorSet` of every proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/penwarden_descriptor.bin"));
 

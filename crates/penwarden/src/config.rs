@@ -335,6 +335,9 @@ mod tests {
             "ingest.tls_ca_file",
             "ingest.tls_cert_file",
             "ingest.tls_key_file",
+            "api.tls_cert_file",
+            "api.tls_key_file",
+            "api.tls_client_ca_file",
         ]
         .map(String::from)
         .to_vec();

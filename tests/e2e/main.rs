@@ -3,6 +3,7 @@
 //! Each test starts its own servers; counts are exact.
 
 mod api;
+mod audit;
 mod common;
 mod faults;
 mod line_protocol;

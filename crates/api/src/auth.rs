@@ -69,6 +69,12 @@ fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
         .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))
 }
 
+/// The key id of the request's token, if it has the form of one (never the secret).
+pub(crate) fn key_id<T>(request: &Request<T>) -> Option<String> {
+    let token = bearer_token(request).ok()?;
+    ApiToken::parse(token).map(|token| token.key_id.to_owned())
+}
+
 /// PERMISSION_DENIED unless the caller is an admin.
 pub(crate) fn require_admin(scope: &Scope, what: &str) -> Result<(), Status> {
     match scope {

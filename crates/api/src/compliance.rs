@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{audited, Auditor};
 use crate::auth::{check_place_filters, Authenticator};
 use crate::paging::{finish_page, page_size, parse_page_token, time_range};
 use crate::status::{from_store, invalid_argument, optional, required};
@@ -27,12 +28,13 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 pub struct ComplianceApi {
     store: Store,
     auth: Arc<Authenticator>,
+    audit: Auditor,
     shutdown: watch::Receiver<bool>,
 }
 
 impl ComplianceApi {
-    pub(crate) fn new(store: Store, auth: Arc<Authenticator>, shutdown: watch::Receiver<bool>) -> Self {
-        ComplianceApi { store, auth, shutdown }
+    pub(crate) fn new(store: Store, auth: Arc<Authenticator>, audit: Auditor, shutdown: watch::Receiver<bool>) -> Self {
+        ComplianceApi { store, auth, audit, shutdown }
     }
 }
 
@@ -228,58 +230,72 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<pb::GetCartridgeRequest>,
     ) -> Result<Response<pb::Cartridge>, Status> {
-        let scope = self.auth.scope(&request).await?;
-        let key = cartridge_key(request.get_ref())?;
-        let view = self.store.cartridge(&key, &scope).await.map_err(from_store)?;
-        let status = match view.sessions.iter().filter(|s| s.started_ms.is_some()).count() {
-            0 => pb::CartridgeStatus::Unused,
-            1 => pb::CartridgeStatus::Used,
-            _ => pb::CartridgeStatus::Reused,
-        };
-        Ok(Response::new(pb::Cartridge {
-            gtin: view.gtin,
-            serial: view.serial,
-            lot: view.lot,
-            expiry: view.expiry,
-            status: status.into(),
-            sessions: view.sessions.into_iter().map(session_message).collect(),
-        }))
+        audited!(self, request, "ComplianceService/GetCartridge", |_| 1, |scope| {
+            let key = cartridge_key(request.get_ref())?;
+            let view = self.store.cartridge(&key, &scope).await.map_err(from_store)?;
+            let status = match view.sessions.iter().filter(|s| s.started_ms.is_some()).count() {
+                0 => pb::CartridgeStatus::Unused,
+                1 => pb::CartridgeStatus::Used,
+                _ => pb::CartridgeStatus::Reused,
+            };
+            Ok(Response::new(pb::Cartridge {
+                gtin: view.gtin,
+                serial: view.serial,
+                lot: view.lot,
+                expiry: view.expiry,
+                status: status.into(),
+                sessions: view.sessions.into_iter().map(session_message).collect(),
+            }))
+        })
     }
 
     async fn get_pen_sterility(
         &self,
         request: Request<pb::GetPenSterilityRequest>,
     ) -> Result<Response<pb::PenSterility>, Status> {
-        let scope = self.auth.scope(&request).await?;
-        let pen = required("pen_serial", &request.get_ref().pen_serial, PenSerial::parse)?;
-        let view = self.store.pen_sterility(&pen, &scope).await.map_err(from_store)?;
-        Ok(Response::new(pb::PenSterility {
-            pen_serial: view.pen_serial,
-            ready_to_treat: view.ready_to_treat,
-            reasons: view.reasons,
-            last_session_ended_unix_ms: view.last_session_ended_ms.unwrap_or_default(),
-            last_disinfected_unix_ms: view.last_disinfected_ms.unwrap_or_default(),
-            last_disinfection_changed_sheath: view.last_disinfection_changed_sheath,
-        }))
+        audited!(self, request, "ComplianceService/GetPenSterility", |_| 1, |scope| {
+            let pen = required("pen_serial", &request.get_ref().pen_serial, PenSerial::parse)?;
+            let view = self.store.pen_sterility(&pen, &scope).await.map_err(from_store)?;
+            Ok(Response::new(pb::PenSterility {
+                pen_serial: view.pen_serial,
+                ready_to_treat: view.ready_to_treat,
+                reasons: view.reasons,
+                last_session_ended_unix_ms: view.last_session_ended_ms.unwrap_or_default(),
+                last_disinfected_unix_ms: view.last_disinfected_ms.unwrap_or_default(),
+                last_disinfection_changed_sheath: view.last_disinfection_changed_sheath,
+            }))
+        })
     }
 
     async fn list_violations(
         &self,
         request: Request<pb::ListViolationsRequest>,
     ) -> Result<Response<pb::ListViolationsResponse>, Status> {
-        let scope = self.auth.scope(&request).await?;
-        let mut filter = violation_filter(request.get_ref(), scope)?;
-        check_place_filters(&self.store, &filter.scope, filter.chain_id.as_deref(), filter.clinic_id.as_deref())
-            .await?;
-        let page_size = filter.limit;
-        // One extra row tells whether another page exists without a second query.
-        filter.limit += 1;
-        let mut rows = self.store.list_violations(&filter).await.map_err(from_store)?;
-        let next_page_token = finish_page(&mut rows, page_size, |row| row.id);
-        Ok(Response::new(pb::ListViolationsResponse {
-            violations: rows.into_iter().map(violation_message).collect(),
-            next_page_token,
-        }))
+        audited!(
+            self,
+            request,
+            "ComplianceService/ListViolations",
+            |r: &pb::ListViolationsResponse| r.violations.len(),
+            |scope| {
+                let mut filter = violation_filter(request.get_ref(), scope)?;
+                check_place_filters(
+                    &self.store,
+                    &filter.scope,
+                    filter.chain_id.as_deref(),
+                    filter.clinic_id.as_deref(),
+                )
+                .await?;
+                let page_size = filter.limit;
+                // One extra row tells whether another page exists without a second query.
+                filter.limit += 1;
+                let mut rows = self.store.list_violations(&filter).await.map_err(from_store)?;
+                let next_page_token = finish_page(&mut rows, page_size, |row| row.id);
+                Ok(Response::new(pb::ListViolationsResponse {
+                    violations: rows.into_iter().map(violation_message).collect(),
+                    next_page_token,
+                }))
+            }
+        )
     }
 
     type WatchViolationsStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ViolationChange, Status>> + Send>>;
@@ -288,86 +304,93 @@ impl ComplianceService for ComplianceApi {
         &self,
         request: Request<pb::WatchViolationsRequest>,
     ) -> Result<Response<Self::WatchViolationsStream>, Status> {
-        let scope = self.auth.scope(&request).await?;
-        let mut filter = watch_filter(request.get_ref(), scope)?;
-        check_place_filters(&self.store, &filter.scope, filter.chain_id.as_deref(), filter.clinic_id.as_deref())
-            .await?;
-        if filter.after_change_seq.is_none() {
-            let start = if request.get_ref().from_beginning {
-                0
-            } else {
-                self.store.latest_violation_change().await.map_err(from_store)?
-            };
-            filter.after_change_seq = Some(start);
-        }
-        let (sender, receiver) = mpsc::channel(WATCH_BATCH as usize);
-        tokio::spawn(stream_changes(self.store.clone(), filter, sender, self.shutdown.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        audited!(self, request, "ComplianceService/WatchViolations", |_| 0, |scope| {
+            let mut filter = watch_filter(request.get_ref(), scope)?;
+            check_place_filters(&self.store, &filter.scope, filter.chain_id.as_deref(), filter.clinic_id.as_deref())
+                .await?;
+            if filter.after_change_seq.is_none() {
+                let start = if request.get_ref().from_beginning {
+                    0
+                } else {
+                    self.store.latest_violation_change().await.map_err(from_store)?
+                };
+                filter.after_change_seq = Some(start);
+            }
+            let (sender, receiver) = mpsc::channel(WATCH_BATCH as usize);
+            tokio::spawn(stream_changes(self.store.clone(), filter, sender, self.shutdown.clone()));
+            let stream: Self::WatchViolationsStream = Box::pin(ReceiverStream::new(receiver));
+            Ok(Response::new(stream))
+        })
     }
 
     async fn trace_lot(&self, request: Request<pb::TraceLotRequest>) -> Result<Response<pb::LotTrace>, Status> {
-        let scope = self.auth.scope(&request).await?;
-        let request = request.into_inner();
-        if request.gtin.is_empty() || request.lot.is_empty() {
-            return Err(invalid_argument("gtin and lot are required"));
-        }
-        let page_size = page_size(request.page_size)?;
-        // Sessions of a lot page by position (oldest first); the token holds the offset.
-        let offset = parse_page_token(&request.page_token)?.unwrap_or(0).max(0);
-        let trace =
-            self.store.trace_lot(&request.gtin, &request.lot, &scope, offset, page_size).await.map_err(from_store)?;
-        let next_offset = offset + trace.sessions.len() as i64;
-        let next_page_token =
-            if next_offset < trace.total_sessions { format!("v1.{next_offset}") } else { String::new() };
-        let lot = trace.lot.as_ref();
-        Ok(Response::new(pb::LotTrace {
-            gtin: request.gtin,
-            lot: request.lot,
-            registered: lot.is_some(),
-            manufacturer_id: lot.map(|l| l.manufacturer_id.clone()).unwrap_or_default(),
-            expiry: lot.map(|l| l.expiry.clone()).unwrap_or_default(),
-            recalled_unix_ms: lot.and_then(|l| l.recalled_ms).unwrap_or_default(),
-            recall_reason: trace.recall_reason.unwrap_or_default(),
-            clinics: trace
-                .clinics
-                .into_iter()
-                .map(|c| pb::LotClinicUse {
-                    clinic_id: c.clinic_id.unwrap_or_default(),
-                    chain_id: c.chain_id.unwrap_or_default(),
-                    sessions: c.sessions.max(0) as u64,
-                    cartridges: c.cartridges.max(0) as u64,
-                    pens: c.pens.max(0) as u64,
-                    first_started_unix_ms: c.first_started_ms.unwrap_or_default(),
-                    last_started_unix_ms: c.last_started_ms.unwrap_or_default(),
-                })
-                .collect(),
-            total_sessions: trace.total_sessions.max(0) as u64,
-            sessions: trace.sessions.into_iter().map(session_message).collect(),
-            next_page_token,
-        }))
+        audited!(self, request, "ComplianceService/TraceLot", |r: &pb::LotTrace| r.sessions.len(), |scope| {
+            let request = request.into_inner();
+            if request.gtin.is_empty() || request.lot.is_empty() {
+                return Err(invalid_argument("gtin and lot are required"));
+            }
+            let page_size = page_size(request.page_size)?;
+            // Sessions of a lot page by position (oldest first); the token holds the offset.
+            let offset = parse_page_token(&request.page_token)?.unwrap_or(0).max(0);
+            let trace = self
+                .store
+                .trace_lot(&request.gtin, &request.lot, &scope, offset, page_size)
+                .await
+                .map_err(from_store)?;
+            let next_offset = offset + trace.sessions.len() as i64;
+            let next_page_token =
+                if next_offset < trace.total_sessions { format!("v1.{next_offset}") } else { String::new() };
+            let lot = trace.lot.as_ref();
+            Ok(Response::new(pb::LotTrace {
+                gtin: request.gtin,
+                lot: request.lot,
+                registered: lot.is_some(),
+                manufacturer_id: lot.map(|l| l.manufacturer_id.clone()).unwrap_or_default(),
+                expiry: lot.map(|l| l.expiry.clone()).unwrap_or_default(),
+                recalled_unix_ms: lot.and_then(|l| l.recalled_ms).unwrap_or_default(),
+                recall_reason: trace.recall_reason.unwrap_or_default(),
+                clinics: trace
+                    .clinics
+                    .into_iter()
+                    .map(|c| pb::LotClinicUse {
+                        clinic_id: c.clinic_id.unwrap_or_default(),
+                        chain_id: c.chain_id.unwrap_or_default(),
+                        sessions: c.sessions.max(0) as u64,
+                        cartridges: c.cartridges.max(0) as u64,
+                        pens: c.pens.max(0) as u64,
+                        first_started_unix_ms: c.first_started_ms.unwrap_or_default(),
+                        last_started_unix_ms: c.last_started_ms.unwrap_or_default(),
+                    })
+                    .collect(),
+                total_sessions: trace.total_sessions.max(0) as u64,
+                sessions: trace.sessions.into_iter().map(session_message).collect(),
+                next_page_token,
+            }))
+        })
     }
 
     async fn get_compliance_report(
         &self,
         request: Request<pb::GetComplianceReportRequest>,
     ) -> Result<Response<pb::ComplianceReport>, Status> {
-        let scope = self.auth.scope(&request).await?;
-        let request = request.into_inner();
-        let clinic = optional("clinic_id", &request.clinic_id, ClinicId::parse)?;
-        let chain = optional("chain_id", &request.chain_id, ChainId::parse)?;
-        if clinic.is_some() && chain.is_some() {
-            return Err(invalid_argument("give clinic_id or chain_id, not both"));
-        }
-        let (from_ms, to_ms) = time_range(request.from_unix_ms, request.to_unix_ms)?;
-        let filter = ReportFilter {
-            clinic_id: clinic.map(|c| c.to_string()),
-            chain_id: chain.map(|c| c.to_string()),
-            from_ms,
-            to_ms,
-        };
-        check_place_filters(&self.store, &scope, filter.chain_id.as_deref(), filter.clinic_id.as_deref()).await?;
-        let report = self.store.compliance_report(&filter, &scope).await.map_err(from_store)?;
-        Ok(Response::new(report_message(&request, report)))
+        audited!(self, request, "ComplianceService/GetComplianceReport", |_| 1, |scope| {
+            let request = request.into_inner();
+            let clinic = optional("clinic_id", &request.clinic_id, ClinicId::parse)?;
+            let chain = optional("chain_id", &request.chain_id, ChainId::parse)?;
+            if clinic.is_some() && chain.is_some() {
+                return Err(invalid_argument("give clinic_id or chain_id, not both"));
+            }
+            let (from_ms, to_ms) = time_range(request.from_unix_ms, request.to_unix_ms)?;
+            let filter = ReportFilter {
+                clinic_id: clinic.map(|c| c.to_string()),
+                chain_id: chain.map(|c| c.to_string()),
+                from_ms,
+                to_ms,
+            };
+            check_place_filters(&self.store, &scope, filter.chain_id.as_deref(), filter.clinic_id.as_deref()).await?;
+            let report = self.store.compliance_report(&filter, &scope).await.map_err(from_store)?;
+            Ok(Response::new(report_message(&request, report)))
+        })
     }
 }
 

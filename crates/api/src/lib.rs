@@ -2,6 +2,7 @@
 //! server reflection so grpcurl and grpcui work out of the box. Every RPC of the three services
 //! authenticates its API key first and reads the record only within the key's scope.
 
+mod audit;
 mod auth;
 mod compliance;
 mod fleet;
@@ -11,6 +12,7 @@ mod status;
 
 use std::net::SocketAddr;
 
+use penwarden_proto::api::v1::audit_service_server::AuditServiceServer;
 use penwarden_proto::api::v1::compliance_service_server::ComplianceServiceServer;
 use penwarden_proto::api::v1::fleet_service_server::FleetServiceServer;
 use penwarden_proto::api::v1::quarantine_service_server::QuarantineServiceServer;
@@ -19,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use audit::AuditApi;
 pub use compliance::ComplianceApi;
 pub use fleet::{DerivedLines, FleetApi};
 pub use quarantine::QuarantineApi;
@@ -103,32 +106,57 @@ impl Server {
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let auth = std::sync::Arc::new(auth::Authenticator::new(self.store.clone()));
-        let compliance =
-            ComplianceServiceServer::new(ComplianceApi::new(self.store.clone(), auth.clone(), shutdown.clone()));
-        let fleet =
-            FleetServiceServer::new(FleetApi::new(self.store.clone(), self.derived_lines.clone(), auth.clone()));
-        let quarantine = QuarantineServiceServer::new(QuarantineApi::new(self.store.clone(), auth, self.replays));
+        let (auditor, audit_writer) = audit::Auditor::start(self.store.clone());
+        let compliance = ComplianceServiceServer::new(ComplianceApi::new(
+            self.store.clone(),
+            auth.clone(),
+            auditor.clone(),
+            shutdown.clone(),
+        ));
+        let fleet = FleetServiceServer::new(FleetApi::new(
+            self.store.clone(),
+            self.derived_lines.clone(),
+            auth.clone(),
+            auditor.clone(),
+        ));
+        let quarantine = QuarantineServiceServer::new(QuarantineApi::new(
+            self.store.clone(),
+            auth.clone(),
+            auditor.clone(),
+            self.replays,
+        ));
+        let audit = AuditServiceServer::new(audit::AuditApi::new(self.store.clone(), auth, auditor));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         Ok(tokio::spawn(async move {
             health_reporter.set_serving::<ComplianceServiceServer<ComplianceApi>>().await;
             health_reporter.set_serving::<FleetServiceServer<FleetApi>>().await;
             health_reporter.set_serving::<QuarantineServiceServer<QuarantineApi>>().await;
+            health_reporter.set_serving::<AuditServiceServer<audit::AuditApi>>().await;
             let mut builder = tonic::transport::Server::builder();
             if let Some(tls) = self.tls {
                 builder = builder.tls_config(tls)?;
             }
-            builder
+            let served = builder
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(reflection_v1alpha)
                 .add_service(compliance)
                 .add_service(fleet)
                 .add_service(quarantine)
+                .add_service(audit)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = shutdown.wait_for(|stop| *stop).await;
                 })
-                .await?;
+                .await;
+            // The services, and with them the auditors, are gone: the writer appends what is
+            // left and ends.
+            let _ = audit_writer.await;
+            served?;
             Ok(())
         }))
     }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -4,6 +4,7 @@
 //! in facts and get verdicts back, so every rule can be tested, and property-tested, alone.
 
 pub mod access;
+pub mod audit;
 pub mod compliance;
 pub mod event;
 pub mod ids;

@@ -12,11 +12,11 @@ use rand::RngCore;
 
 use crate::config::Config;
 
-fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(crate) fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(future)
 }
 
-async fn open_store(config_file: Option<&Path>) -> anyhow::Result<Store> {
+pub(crate) async fn open_store(config_file: Option<&Path>) -> anyhow::Result<Store> {
     let config = Config::load(config_file, |name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
     Store::connect(&config.store.url).await.with_context(|| format!("opening the store {}", config.store.url))
 }
@@ -27,7 +27,7 @@ fn random_hex(bytes: usize) -> String {
     buffer.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -56,6 +56,8 @@ pub(crate) fn create(
             revoked_ms: None,
         };
         store.insert_api_key(&row).await?;
+        let fields = serde_json::json!({"key_id": key_id, "role": row.role, "scope": row.scope, "label": row.label});
+        store.append_audit(&[crate::audit::server_entry("cli", "apikey.create", fields, 1)]).await?;
         store.close().await;
         let token = ApiToken::format(&key_id, &secret);
         match token_file {
@@ -106,6 +108,8 @@ pub(crate) fn revoke(config_file: Option<&Path>, key_id: &str) -> anyhow::Result
     block_on(async {
         let store = open_store(config_file).await?;
         store.revoke_api_key(key_id, now_ms()).await?;
+        let fields = serde_json::json!({ "key_id": key_id });
+        store.append_audit(&[crate::audit::server_entry("cli", "apikey.revoke", fields, 1)]).await?;
         store.close().await;
         eprintln!("revoked API key {key_id}; running servers stop accepting it within 5 s");
         Ok(())

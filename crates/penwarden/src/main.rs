@@ -1,6 +1,7 @@
 //! The `penwarden` binary: one process, several roles (`serve` runs ingest and API).
 
 mod apikey;
+mod audit;
 mod config;
 mod query;
 mod serve;
@@ -39,6 +40,14 @@ enum Command {
     Apikey {
         #[command(subcommand)]
         action: ApikeyAction,
+        /// TOML config file (for the store URL); PENWARDEN_DATABASE_URL overrides it.
+        #[arg(long, env = "PENWARDEN_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Check or export the audit trail (in the store named by the config).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
         /// TOML config file (for the store URL); PENWARDEN_DATABASE_URL overrides it.
         #[arg(long, env = "PENWARDEN_CONFIG", global = true)]
         config: Option<PathBuf>,
@@ -125,6 +134,23 @@ enum QuarantineAction {
 }
 
 #[derive(Subcommand)]
+enum AuditAction {
+    /// Recompute the hash chain from the first entry; name the first entry that does not hold.
+    Verify {
+        /// The head published in the log ("audit chain head", SEQ:HASH) and kept outside the
+        /// database: finds entries cut off the end, and a chain rewritten from an edit on.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Write the trail as JSON lines to stdout, in order.
+    Export {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+#[derive(Subcommand)]
 enum ApikeyAction {
     /// Create a key; its token is printed once (only a digest is stored).
     Create {
@@ -158,6 +184,10 @@ fn main() -> ExitCode {
             ApikeyAction::List => apikey::list(config.as_deref()),
             ApikeyAction::Revoke { key_id } => apikey::revoke(config.as_deref(), &key_id),
         },
+        Command::Audit { action: AuditAction::Verify { head }, config } => {
+            audit::verify(config.as_deref(), head.as_deref())
+        }
+        Command::Audit { action: AuditAction::Export { after }, config } => audit::export(config.as_deref(), after),
         Command::Violations { access, rule } => query::violations(&access.target(), rule),
         Command::Quarantine { action: None, access, reason, pen, limit } => {
             query::quarantine(&access.target(), reason, pen, limit)

@@ -32,6 +32,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let grpc_tls = config.api.tls().map_err(anyhow::Error::msg)?;
     config.api.check_plaintext(grpc_tls.is_some()).map_err(anyhow::Error::msg)?;
     let store = Store::connect(&config.store.url).await?.with_thresholds(config.compliance.clone());
+    // The thresholds every verdict of this run is judged by, in the audit trail.
+    let thresholds = serde_json::to_value(&config.compliance).context("encoding the thresholds")?;
+    let started =
+        crate::audit::server_entry("server", "penwarden.start", serde_json::json!({ "thresholds": thresholds }), 0);
+    if let Some(head) = store.append_audit(&[started]).await? {
+        tracing::info!(head = %head, "audit chain head");
+    }
     let writer = penwarden_influx::Writer::new(config.influx.clone())?;
     writer.check().await?;
     writer.ensure_database().await?;

@@ -5,6 +5,7 @@
 //! judgements, and records violations (raised or retracted, never deleted).
 
 mod apikeys;
+mod audit;
 mod batch;
 mod directory;
 mod fleet;
@@ -15,6 +16,7 @@ mod seq_runs;
 mod session_rules;
 
 pub use apikeys::ApiKeyRow;
+pub use audit::NewAuditEntry;
 pub use batch::{
     Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, PenTelemetry, QuarantineEntry, RaisedViolation,
     StatusReport,

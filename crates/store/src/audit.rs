@@ -1,0 +1,150 @@
+//! The audit trail's storage: appends chain each entry to the last one in the same
+//! transaction, so processes sharing the database (serve, the CLI) extend one chain.
+
+use penwarden_domain::audit::{AuditEntry, AuditRecord, ChainHead};
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+/// An entry to append: everything but its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEntry {
+    pub time_ms: i64,
+    pub key_id: String,
+    pub role: String,
+    pub scope: String,
+    pub method: String,
+    pub request: String,
+    pub status: String,
+    pub records: i64,
+}
+
+const AUDIT_COLUMNS: &str = "seq, time_ms, key_id, role, scope, method, request, status, records, previous_hash, hash";
+
+fn audit_entry(row: &sqlx::sqlite::SqliteRow) -> AuditEntry {
+    AuditEntry {
+        record: AuditRecord {
+            seq: row.get(0),
+            time_ms: row.get(1),
+            key_id: row.get(2),
+            role: row.get(3),
+            scope: row.get(4),
+            method: row.get(5),
+            request: row.get(6),
+            status: row.get(7),
+            records: row.get(8),
+        },
+        previous_hash: row.get(9),
+        hash: row.get(10),
+    }
+}
+
+impl Store {
+    /// Appends `entries` in order after the chain's current head, in one transaction; returns
+    /// the new head. The write lock is taken first (BEGIN IMMEDIATE), so two processes never
+    /// chain onto the same entry.
+    pub async fn append_audit(&self, entries: &[NewAuditEntry]) -> Result<Option<ChainHead>> {
+        let mut connection = self.writer.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
+        let appended = async {
+            let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1");
+            let mut last = sqlx::query(&sql).fetch_optional(&mut *connection).await?.as_ref().map(audit_entry);
+            for new in entries {
+                let record = AuditRecord {
+                    seq: last.as_ref().map_or(1, |entry| entry.record.seq + 1),
+                    time_ms: new.time_ms,
+                    key_id: new.key_id.clone(),
+                    role: new.role.clone(),
+                    scope: new.scope.clone(),
+                    method: new.method.clone(),
+                    request: new.request.clone(),
+                    status: new.status.clone(),
+                    records: new.records,
+                };
+                let entry = AuditEntry::chain(record, last.as_ref());
+                sqlx::query(
+                    "INSERT INTO audit_log (seq, time_ms, key_id, role, scope, method, request, status, records,
+                         previous_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(entry.record.seq)
+                .bind(entry.record.time_ms)
+                .bind(&entry.record.key_id)
+                .bind(&entry.record.role)
+                .bind(&entry.record.scope)
+                .bind(&entry.record.method)
+                .bind(&entry.record.request)
+                .bind(&entry.record.status)
+                .bind(entry.record.records)
+                .bind(&entry.previous_hash)
+                .bind(&entry.hash)
+                .execute(&mut *connection)
+                .await?;
+                last = Some(entry);
+            }
+            Ok::<_, sqlx::Error>(last.map(|entry| ChainHead { seq: entry.record.seq, hash: entry.hash }))
+        }
+        .await;
+        match appended {
+            Ok(head) => {
+                sqlx::query("COMMIT").execute(&mut *connection).await?;
+                Ok(head)
+            }
+            Err(error) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Up to `limit` entries after `after_seq`, in order (for paging and for verification).
+    pub async fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?");
+        let rows = sqlx::query(&sql).bind(after_seq).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(audit_entry).collect())
+    }
+
+    /// The last entry's place: None for an empty trail.
+    pub async fn audit_head(&self) -> Result<Option<ChainHead>> {
+        let row =
+            sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&self.pool).await?;
+        Ok(row.map(|row| ChainHead { seq: row.get(0), hash: row.get(1) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_entry(method: &str) -> NewAuditEntry {
+        NewAuditEntry {
+            time_ms: 1,
+            key_id: "k".into(),
+            role: "admin".into(),
+            scope: String::new(),
+            method: method.into(),
+            request: "{}".into(),
+            status: "OK".into(),
+            records: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_extend_one_chain_that_verifies_and_refuses_edits() {
+        let (store, _dir) = crate::test_support::temp_store().await;
+        assert_eq!(store.audit_head().await.unwrap(), None);
+        store.append_audit(&[new_entry("a"), new_entry("b")]).await.unwrap();
+        let head = store.append_audit(&[new_entry("c")]).await.unwrap().unwrap();
+        assert_eq!(head.seq, 3);
+        assert_eq!(store.audit_head().await.unwrap(), Some(head.clone()));
+        let entries = store.audit_entries(0, 100).await.unwrap();
+        assert_eq!(entries.iter().map(|e| e.record.method.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(penwarden_domain::audit::verify(&entries, Some(&head)), Ok(Some(head)));
+        assert_eq!(store.audit_entries(1, 1).await.unwrap()[0].record.seq, 2, "paging");
+        // The database refuses edits and deletions while its triggers stand.
+        let edit = sqlx::query("UPDATE audit_log SET records = 9 WHERE seq = 2").execute(&store.writer).await;
+        assert!(edit.unwrap_err().to_string().contains("append-only"));
+        let delete = sqlx::query("DELETE FROM audit_log WHERE seq = 3").execute(&store.writer).await;
+        assert!(delete.is_err());
+        store.close().await;
+    }
+}

@@ -310,3 +310,69 @@ async fn grpc_over_mutual_tls_and_never_plaintext_beyond_loopback_unless_told() 
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }
+
+fn apikey_cli(penwarden: &Penwarden, args: &[&str]) -> (bool, String, String) {
+    let store = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let output = std::process::Command::new(binary("penwarden"))
+        .arg("apikey")
+        .args(args)
+        .env("PENWARDEN_DATABASE_URL", store)
+        .output()
+        .expect("run penwarden apikey");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_rotate_with_a_grace_period_and_each_has_a_rate_limit() {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_API_RATE_LIMIT_PER_S", "1".into()),
+        ("PENWARDEN_API_RATE_LIMIT_BURST", "3".into()),
+    ];
+    let mut penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    async fn call(penwarden: &Penwarden, token: &str) -> Result<(), tonic::Status> {
+        penwarden.fleet_as(token).await.list_pens(api::ListPensRequest::default()).await.map(|_| ())
+    }
+
+    // A burst of 3, then 1 a second: the 4th call at once is refused; another key is not.
+    let busy = penwarden.create_api_key("admin", "");
+    let calm = penwarden.create_api_key("admin", "");
+    for _ in 0..3 {
+        call(&penwarden, &busy).await.unwrap();
+    }
+    let limited = call(&penwarden, &busy).await.unwrap_err();
+    assert_eq!(limited.code(), tonic::Code::ResourceExhausted, "{limited:?}");
+    call(&penwarden, &calm).await.unwrap();
+
+    // Rotation: the new key works at once; the old one stops after its grace (0 s here), once
+    // the server's 5 s cache of verified keys lets go of it.
+    let old = penwarden.create_api_key("chain", "chain-1");
+    let old_id = old.split('_').nth(1).unwrap().to_owned();
+    call(&penwarden, &old).await.unwrap();
+    let (ok, new, printed) = apikey_cli(&penwarden, &["rotate", &old_id, "--grace", "0s"]);
+    assert!(ok, "{printed}");
+    let new = new.trim().to_owned();
+    assert!(new.starts_with("pwk_") && new != old);
+    call(&penwarden, &new).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let refused = call(&penwarden, &old).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    call(&penwarden, &new).await.unwrap();
+
+    // The list shows the old key expired and when keys were last used; never a secret.
+    let (ok, listed, _) = apikey_cli(&penwarden, &["list"]);
+    assert!(ok);
+    let old_line = listed.lines().find(|line| line.starts_with(&old_id)).unwrap();
+    assert!(old_line.contains("expired"), "{old_line}");
+    let new_id = new.split('_').nth(1).unwrap();
+    let new_line = listed.lines().find(|line| line.starts_with(new_id)).unwrap();
+    assert!(new_line.contains("active") && new_line.contains("rotation of"), "{new_line}");
+    assert!(!listed.contains(new.rsplit('_').next().unwrap()), "a secret in the list");
+    let used = listed.lines().find(|line| line.starts_with(busy.split('_').nth(1).unwrap())).unwrap();
+    assert!(used.matches('Z').count() == 1, "last used shown: {used}");
+    assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
+}

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use audit::AuditApi;
+pub use auth::RateLimit;
 pub use compliance::ComplianceApi;
 pub use fleet::{DerivedLines, FleetApi};
 pub use quarantine::QuarantineApi;
@@ -64,6 +65,7 @@ impl ServerTlsFiles {
 /// A bound gRPC server; `local_addr` tells the port when 0 was asked for.
 pub struct Server {
     tls: Option<tonic::transport::ServerTlsConfig>,
+    rate_limit: RateLimit,
     listener: TcpListener,
     store: Store,
     derived_lines: DerivedLines,
@@ -80,13 +82,14 @@ impl Server {
     pub async fn bind(
         addr: SocketAddr,
         tls: Option<&ServerTlsFiles>,
+        rate_limit: RateLimit,
         store: Store,
         derived_lines: DerivedLines,
         replays: Replays,
     ) -> Result<Server, Error> {
         let tls = tls.map(ServerTlsFiles::config).transpose()?;
         let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-        Ok(Server { tls, listener, store, derived_lines, replays })
+        Ok(Server { tls, rate_limit, listener, store, derived_lines, replays })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -105,7 +108,7 @@ impl Server {
         let reflection = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let auth = std::sync::Arc::new(auth::Authenticator::new(self.store.clone()));
+        let auth = std::sync::Arc::new(auth::Authenticator::new(self.store.clone(), self.rate_limit));
         let (auditor, audit_writer) = audit::Auditor::start(self.store.clone());
         let compliance = ComplianceServiceServer::new(ComplianceApi::new(
             self.store.clone(),

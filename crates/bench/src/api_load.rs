@@ -18,7 +18,13 @@ pub(crate) async fn run(rate: u64, seconds: u64) -> serde_json::Value {
     seed::seed(&db.display().to_string(), 1_000_000, 200_000, 100_000).await;
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
-    let env = [("PENWARDEN_INFLUX_URL", influxd.url()), ("PENWARDEN_INFLUX_API", "v1".to_string())];
+    // One key offers the whole load: its rate limit is off, so that the API's capacity is
+    // what is measured.
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".to_string()),
+        ("PENWARDEN_API_RATE_LIMIT_BURST", "0".to_string()),
+    ];
     let mut penwarden = Penwarden::start_in(dir, &mosquitto.url(), &env).await;
     // Ready time on the seeded store: stop, then time a start until gRPC answers (50 ms polls).
     let status = penwarden.process.terminate(Duration::from_secs(30));

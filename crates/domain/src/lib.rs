@@ -9,6 +9,7 @@ pub mod compliance;
 pub mod event;
 pub mod ids;
 pub mod ownership;
+pub mod rate;
 pub mod udi;
 
 pub use event::{DeviceEvent, DisinfectionMethod, EventRecord, Sample, TreatmentArea};

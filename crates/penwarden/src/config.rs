@@ -39,6 +39,10 @@ pub(crate) struct ApiConfig {
     /// Serve plaintext gRPC on an address other than loopback (behind a proxy that terminates
     /// TLS). Without it, penwarden refuses to: API keys would cross the network in the clear.
     pub(crate) allow_plaintext: bool,
+    /// Requests per second each API key may make beyond its burst; over it, RESOURCE_EXHAUSTED.
+    /// A burst of 0 turns the limit off.
+    pub(crate) rate_limit_per_s: u32,
+    pub(crate) rate_limit_burst: u32,
 }
 
 impl ApiConfig {
@@ -93,6 +97,8 @@ impl Default for ApiConfig {
             tls_key_file: None,
             tls_client_ca_file: None,
             allow_plaintext: false,
+            rate_limit_per_s: 100,
+            rate_limit_burst: 1000,
         }
     }
 }
@@ -182,6 +188,12 @@ impl Config {
         }
         if let Some(v) = var("PENWARDEN_GRPC_TLS_CLIENT_CA_FILE") {
             self.api.tls_client_ca_file = Some(v.into());
+        }
+        if let Some(v) = var("PENWARDEN_API_RATE_LIMIT_PER_S") {
+            self.api.rate_limit_per_s = parse("PENWARDEN_API_RATE_LIMIT_PER_S", v)?;
+        }
+        if let Some(v) = var("PENWARDEN_API_RATE_LIMIT_BURST") {
+            self.api.rate_limit_burst = parse("PENWARDEN_API_RATE_LIMIT_BURST", v)?;
         }
         if let Some(v) = var("PENWARDEN_GRPC_ALLOW_PLAINTEXT") {
             self.api.allow_plaintext = parse("PENWARDEN_GRPC_ALLOW_PLAINTEXT", v)?;

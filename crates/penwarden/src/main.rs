@@ -163,14 +163,28 @@ enum ApikeyAction {
         /// A note on who holds the key.
         #[arg(long, default_value = "")]
         label: String,
+        /// The key stops working after this long: e.g. 90d, 12h (default: never).
+        #[arg(long)]
+        expires_in: Option<String>,
         /// Write the token to this file (mode 0600) instead of stdout.
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
-    /// List keys (ids, roles, scopes; never secrets).
+    /// List keys (ids, roles, scopes, expiry, last use; never secrets).
     List,
     /// Revoke a key by its id.
     Revoke { key_id: String },
+    /// Replace a key: a new key with the same role and scope; the old one keeps working for
+    /// the grace period, then stops.
+    Rotate {
+        key_id: String,
+        /// How long the old key keeps working: e.g. 24h, 7d, 0s.
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        /// Write the new token to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -178,8 +192,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, allow_plaintext } => serve::run(config.as_deref(), allow_plaintext),
         Command::Apikey { action, config } => match action {
-            ApikeyAction::Create { role, scope, label, token_file } => {
-                apikey::create(config.as_deref(), &role, &scope, &label, token_file.as_deref())
+            ApikeyAction::Create { role, scope, label, expires_in, token_file } => {
+                apikey::create(config.as_deref(), &role, &scope, &label, expires_in.as_deref(), token_file.as_deref())
+            }
+            ApikeyAction::Rotate { key_id, grace, token_file } => {
+                apikey::rotate(config.as_deref(), &key_id, &grace, token_file.as_deref())
             }
             ApikeyAction::List => apikey::list(config.as_deref()),
             ApikeyAction::Revoke { key_id } => apikey::revoke(config.as_deref(), &key_id),

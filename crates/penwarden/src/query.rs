@@ -121,6 +121,13 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
         + (i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)) * 1000)
 }
 
+/// Unix milliseconds as `YYYY-MM-DDTHH:MMZ` (UTC), the form parse_time reads.
+pub(crate) fn format_time(unix_ms: i64) -> String {
+    let date = penwarden_domain::udi::Date::from_unix_ms(unix_ms);
+    let minutes = unix_ms.rem_euclid(86_400_000) / 60_000;
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}Z", date.year, date.month, date.day, minutes / 60, minutes % 60)
+}
+
 /// `1-3, 7, 9-10` for ids 1, 2, 3, 7, 9, 10 (sorted).
 fn id_ranges(ids: &[i64]) -> String {
     let mut ranges: Vec<(i64, i64)> = Vec::new();

@@ -60,9 +60,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let derived_lines: penwarden_api::DerivedLines =
         Arc::new(move |effects| penwarden_ingest::points::derived(effects, &directory));
     let (replays, replayed) = tokio::sync::mpsc::channel(1024);
-    let api =
-        penwarden_api::Server::bind(config.api.grpc_addr, grpc_tls.as_ref(), store.clone(), derived_lines, replays)
-            .await?;
+    let rate_limit =
+        penwarden_api::RateLimit { per_s: config.api.rate_limit_per_s, burst: config.api.rate_limit_burst };
+    let api = penwarden_api::Server::bind(
+        config.api.grpc_addr,
+        grpc_tls.as_ref(),
+        rate_limit,
+        store.clone(),
+        derived_lines,
+        replays,
+    )
+    .await?;
     let grpc_addr = api.local_addr()?;
     let ingest = penwarden_ingest::Service::connect(config.ingest.clone(), store.clone(), writer).await?;
     let stats = ingest.stats();

@@ -13,6 +13,17 @@ pub struct ApiKeyRow {
     pub label: String,
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// When the key stops working (None: never).
+    pub expires_ms: Option<i64>,
+    /// When it was last used, to the minute.
+    pub last_used_ms: Option<i64>,
+}
+
+impl ApiKeyRow {
+    /// Whether the key may be used at `now_ms`: not revoked, not expired.
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.revoked_ms.is_none() && self.expires_ms.is_none_or(|expires| now_ms < expires)
+    }
 }
 
 fn api_key_row(row: &sqlx::sqlite::SqliteRow) -> ApiKeyRow {
@@ -24,15 +35,19 @@ fn api_key_row(row: &sqlx::sqlite::SqliteRow) -> ApiKeyRow {
         label: row.get(4),
         created_ms: row.get(5),
         revoked_ms: row.get(6),
+        expires_ms: row.get(7),
+        last_used_ms: row.get(8),
     }
 }
 
-const API_KEY_COLUMNS: &str = "key_id, secret_digest, role, scope, label, created_ms, revoked_ms";
+const API_KEY_COLUMNS: &str =
+    "key_id, secret_digest, role, scope, label, created_ms, revoked_ms, expires_ms, last_used_ms";
 
 impl Store {
     pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (key_id, secret_digest, role, scope, label, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (key_id, secret_digest, role, scope, label, created_ms, expires_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.key_id)
         .bind(&key.secret_digest)
@@ -40,6 +55,7 @@ impl Store {
         .bind(&key.scope)
         .bind(&key.label)
         .bind(key.created_ms)
+        .bind(key.expires_ms)
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -56,6 +72,38 @@ impl Store {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_ms, key_id");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(api_key_row).collect())
+    }
+
+    /// Makes a key stop working at `expires_ms`, unless it expires sooner already.
+    pub async fn expire_api_key(&self, key_id: &str, expires_ms: i64) -> Result<()> {
+        let updated =
+            sqlx::query("UPDATE api_keys SET expires_ms = MIN(COALESCE(expires_ms, ?1), ?1) WHERE key_id = ?2")
+                .bind(expires_ms)
+                .bind(key_id)
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        if updated == 0 {
+            return Err(Error::NotFound(format!("API key {key_id}")));
+        }
+        Ok(())
+    }
+
+    /// Records when keys were last used (never moving a time back).
+    pub async fn touch_api_keys(&self, used: &[(String, i64)]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let pairs = serde_json::to_string(used).expect("pairs of a string and an integer serialize");
+        sqlx::query(
+            "UPDATE api_keys SET last_used_ms = used.value ->> 1 FROM json_each(?) AS used
+             WHERE api_keys.key_id = used.value ->> 0
+               AND (api_keys.last_used_ms IS NULL OR api_keys.last_used_ms < used.value ->> 1)",
+        )
+        .bind(pairs)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
     }
 
     /// Revokes a key for good; revoking it again changes nothing.

@@ -24,6 +24,9 @@ use crate::status::{from_store, invalid_argument};
 const QUEUE: usize = 65_536;
 /// Entries per append, at most.
 const BATCH: usize = 2_000;
+/// Appends start at most this often: each is a transaction (an fsync), and under load a
+/// fuller batch costs far less per entry than many small ones.
+const APPEND_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the chain's head is written to the log when it moved.
 const HEAD_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -52,7 +55,18 @@ async fn append(store: Store, mut receive: mpsc::Receiver<NewAuditEntry>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut logged_head: Option<ChainHead> = None;
     let mut last_log = tokio::time::Instant::now();
+    let mut next_append = tokio::time::Instant::now();
     while receive.recv_many(&mut batch, BATCH).await > 0 {
+        // Let the batch fill until the next append is due (or it is full).
+        while batch.len() < BATCH {
+            let wait = tokio::time::sleep_until(next_append);
+            let room = BATCH - batch.len();
+            tokio::select! {
+                _ = wait => break,
+                received = receive.recv_many(&mut batch, room) => if received == 0 { break },
+            }
+        }
+        next_append = tokio::time::Instant::now() + APPEND_INTERVAL;
         let mut backoff = Duration::from_millis(50);
         let head = loop {
             match store.append_audit(&batch).await {

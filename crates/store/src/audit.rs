@@ -49,6 +49,9 @@ impl Store {
         let appended = async {
             let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1");
             let mut last = sqlx::query(&sql).fetch_optional(&mut *connection).await?.as_ref().map(audit_entry);
+            // The whole batch as one JSON array and one statement (like the batch writes of
+            // ingest): a row-by-row insert costs a statement execution per API call.
+            let mut rows = Vec::with_capacity(entries.len());
             for new in entries {
                 let record = AuditRecord {
                     seq: last.as_ref().map_or(1, |entry| entry.record.seq + 1),
@@ -62,25 +65,31 @@ impl Store {
                     records: new.records,
                 };
                 let entry = AuditEntry::chain(record, last.as_ref());
-                sqlx::query(
-                    "INSERT INTO audit_log (seq, time_ms, key_id, role, scope, method, request, status, records,
-                         previous_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(entry.record.seq)
-                .bind(entry.record.time_ms)
-                .bind(&entry.record.key_id)
-                .bind(&entry.record.role)
-                .bind(&entry.record.scope)
-                .bind(&entry.record.method)
-                .bind(&entry.record.request)
-                .bind(&entry.record.status)
-                .bind(entry.record.records)
-                .bind(&entry.previous_hash)
-                .bind(&entry.hash)
-                .execute(&mut *connection)
-                .await?;
+                rows.push(serde_json::json!([
+                    entry.record.seq,
+                    entry.record.time_ms,
+                    entry.record.key_id,
+                    entry.record.role,
+                    entry.record.scope,
+                    entry.record.method,
+                    entry.record.request,
+                    entry.record.status,
+                    entry.record.records,
+                    entry.previous_hash,
+                    entry.hash,
+                ]));
                 last = Some(entry);
             }
+            sqlx::query(
+                "INSERT INTO audit_log (seq, time_ms, key_id, role, scope, method, request, status, records,
+                     previous_hash, hash)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+                     value ->> 7, value ->> 8, value ->> 9, value ->> 10
+                 FROM json_each(?)",
+            )
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *connection)
+            .await?;
             Ok::<_, sqlx::Error>(last.map(|entry| ChainHead { seq: entry.record.seq, hash: entry.hash }))
         }
         .await;

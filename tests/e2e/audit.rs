@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use penwarden_proto::api::v1 as api;
-use penwarden_tests::{binary, sqlite_execute, wait_for, Influxd, Mosquitto, Penwarden};
+use penwarden_tests::{binary, metric, sqlite_execute, wait_for, Influxd, Mosquitto, Penwarden};
 use tonic::Code;
 
 fn audit_cli(penwarden: &Penwarden, args: &[&str]) -> (bool, String) {
@@ -40,7 +40,12 @@ async fn audit_events(penwarden: &Penwarden) -> Vec<api::AuditEvent> {
 async fn every_call_is_chained_and_verify_names_the_entry_that_was_changed() {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
-    let env = [("PENWARDEN_INFLUX_URL", influxd.url()), ("PENWARDEN_INFLUX_API", "v1".into())];
+    let metrics_addr = format!("127.0.0.1:{}", penwarden_tests::free_port());
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_METRICS_ADDR", metrics_addr.clone()),
+    ];
     let mut penwarden = Penwarden::start(&mosquitto.url(), &env).await;
     let mut fleet = penwarden.fleet().await;
     fleet.register_chain(api::RegisterChainRequest { chain_id: "chain-1".into(), name: "One".into() }).await.unwrap();
@@ -97,7 +102,16 @@ async fn every_call_is_chained_and_verify_names_the_entry_that_was_changed() {
     }
     assert!(events.windows(2).all(|pair| pair[1].previous_hash == pair[0].hash && pair[1].seq == pair[0].seq + 1));
 
+    // The head as the metrics publish it (sequence number, first 52 bits of the hash), once the
+    // writer has appended the last calls (it appends at most every 100 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seq = metric(&metrics_addr, "penwarden_audit_head_seq").await.unwrap();
+    let hash52 = metric(&metrics_addr, "penwarden_audit_head_hash52").await.unwrap();
+    let metric_head = format!("{}:{:013x}", seq as i64, hash52 as u64);
+
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
+    let (ok, printed) = audit_cli(&penwarden, &["verify", "--head", &metric_head]);
+    assert!(ok, "against the metric's head {metric_head}: {printed}");
     let (ok, printed) = audit_cli(&penwarden, &["verify"]);
     assert!(ok, "{printed}");
     let head = printed.split("head ").nth(1).unwrap().trim().to_owned();
@@ -127,4 +141,6 @@ async fn every_call_is_chained_and_verify_names_the_entry_that_was_changed() {
     assert!(audit_cli(&penwarden, &["verify"]).0);
     let (ok, printed) = audit_cli(&penwarden, &["verify", "--head", &head]);
     assert!(!ok && printed.contains("broken at entry 5:") && printed.contains("cut off the end"), "{printed}");
+    let (ok, printed) = audit_cli(&penwarden, &["verify", "--head", &metric_head]);
+    assert!(!ok && printed.contains("cut off the end"), "{printed}");
 }

@@ -82,6 +82,7 @@ async fn append(store: Store, mut receive: mpsc::Receiver<NewAuditEntry>) {
         batch.clear();
         if let Some(head) = head {
             metrics::gauge!("penwarden_audit_head_seq").set(head.seq as f64);
+            metrics::gauge!("penwarden_audit_head_hash52").set(head.hash_prefix_value());
             if logged_head.is_none() || last_log.elapsed() >= HEAD_LOG_INTERVAL {
                 publish_head(&head);
                 (logged_head, last_log) = (Some(head), tokio::time::Instant::now());

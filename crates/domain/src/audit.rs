@@ -99,12 +99,27 @@ impl fmt::Display for ChainHead {
     }
 }
 
+/// Hex digits of a hash a metric can carry exactly: 52 bits, within an f64's integers.
+pub const METRIC_HASH_DIGITS: usize = 13;
+
 impl ChainHead {
-    /// Parses `SEQ:HASH`, as [`ChainHead`] displays itself.
+    /// Parses `SEQ:HASH`, as [`ChainHead`] displays itself. The hash may be shortened to its
+    /// first [`METRIC_HASH_DIGITS`] digits or more (what the metric keeps).
     pub fn parse(text: &str) -> Option<ChainHead> {
         let (seq, hash) = text.split_once(':')?;
-        let hash_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        let hash_ok = (METRIC_HASH_DIGITS..=64).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit());
         Some(ChainHead { seq: seq.parse().ok().filter(|seq| *seq > 0)?, hash: hash_ok.then(|| hash.to_lowercase())? })
+    }
+
+    /// The hash's first 52 bits as a number, for a metric (Prometheus keeps its history outside
+    /// the database, which is what a head is checked against).
+    pub fn hash_prefix_value(&self) -> f64 {
+        u64::from_str_radix(&self.hash[..METRIC_HASH_DIGITS.min(self.hash.len())], 16).map_or(0.0, |v| v as f64)
+    }
+
+    /// The head back from a metric's two values (sequence number and hash prefix).
+    pub fn from_metric(seq: f64, hash_prefix: f64) -> ChainHead {
+        ChainHead { seq: seq as i64, hash: format!("{:0width$x}", hash_prefix as u64, width = METRIC_HASH_DIGITS) }
     }
 }
 
@@ -160,7 +175,7 @@ impl Verifier {
             return Err(Break::Unlinked { seq, previous: seq - 1 });
         }
         if let Some(head) = published.filter(|head| head.seq == seq) {
-            if head.hash != entry.hash {
+            if !entry.hash.starts_with(&head.hash) {
                 return Err(Break::HeadMismatch { seq, head: head.clone() });
             }
             self.head_seen = true;
@@ -255,6 +270,18 @@ mod tests {
         }
         assert_eq!(verify(&rewritten, None).map(|head| head.is_some()), Ok(true), "consistent on its own");
         assert!(matches!(verify(&rewritten, Some(&original_head)), Err(Break::HeadMismatch { seq: 5, .. })));
+    }
+
+    #[test]
+    fn a_head_from_the_metric_checks_like_the_full_one() {
+        let entries = chain(5);
+        let head = verify(&entries, None).unwrap().unwrap();
+        let from_metric = ChainHead::from_metric(head.seq as f64, head.hash_prefix_value());
+        assert_eq!(from_metric.hash, head.hash[..METRIC_HASH_DIGITS]);
+        assert_eq!(ChainHead::parse(&from_metric.to_string()), Some(from_metric.clone()));
+        assert!(verify(&entries, Some(&from_metric)).is_ok());
+        assert!(matches!(verify(&entries[..4], Some(&from_metric)), Err(Break::Truncated { last: 4, .. })));
+        assert_eq!(ChainHead::parse("5:abc"), None, "too short to mean anything");
     }
 
     #[test]

@@ -376,3 +376,42 @@ async fn api_keys_rotate_with_a_grace_period_and_each_has_a_rate_limit() {
     assert!(used.matches('Z').count() == 1, "last used shown: {used}");
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pensim_registers_a_fleet_larger_than_its_keys_burst() {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_API_RATE_LIMIT_PER_S", "40".into()),
+        ("PENWARDEN_API_RATE_LIMIT_BURST", "10".into()),
+    ];
+    let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    let pensim_key = penwarden.create_api_key("admin", "");
+    // 60 pens, 6 clinics, 2 chains, lots and operators: far more calls than a burst of 10.
+    let args: Vec<String> = [
+        "--mqtt-url",
+        &mosquitto.url(),
+        "--pens",
+        "60",
+        "--clinics",
+        "6",
+        "--chains",
+        "2",
+        "--duration",
+        "1",
+        "--session-secs",
+        "1..1",
+        "--grpc-url",
+        &penwarden.endpoint(),
+        "--api-key",
+        &pensim_key,
+    ]
+    .map(String::from)
+    .to_vec();
+    let summary = penwarden_tests::run_pensim(&args).await;
+    assert_eq!(summary["pens"], 60, "{summary}");
+    let registered = penwarden.fleet().await.list_pens(api::ListPensRequest::default()).await.unwrap().into_inner();
+    assert_eq!(registered.pens.len(), 60);
+}

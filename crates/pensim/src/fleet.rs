@@ -53,6 +53,23 @@ async fn fleet_client(args: &Args) -> anyhow::Result<FleetClient> {
     Ok(api::fleet_service_client::FleetServiceClient::with_interceptor(channel, token))
 }
 
+/// Makes an API call, again while penwarden answers RESOURCE_EXHAUSTED (the key's rate limit:
+/// registering a large fleet outruns it), pausing longer each time.
+macro_rules! within_rate_limit {
+    ($call:expr) => {{
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match $call.await {
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
 pub(crate) async fn register(args: &Args, layout: &Layout, pens_too: bool) -> anyhow::Result<()> {
     let mut client = fleet_client(args).await?;
     let public_key = demo_manufacturer().verifying_key().to_bytes().to_vec();
@@ -67,19 +84,18 @@ pub(crate) async fn register(args: &Args, layout: &Layout, pens_too: bool) -> an
             manufacturer_id: MANUFACTURER.into(),
             public_key: public_key.clone(),
         };
-        client.register_lot(request).await?;
+        within_rate_limit!(client.register_lot(request.clone()))?;
     }
     for operator in 1..=OPERATORS {
         let request = api::RegisterOperatorRequest { operator_id: format!("op-{operator}"), licence_level: 3 };
-        client.register_operator(request).await?;
+        within_rate_limit!(client.register_operator(request.clone()))?;
     }
     if !pens_too {
         return Ok(());
     }
     for chain in &layout.chains {
-        client
-            .register_chain(api::RegisterChainRequest { chain_id: chain.clone(), name: format!("Chain {chain}") })
-            .await?;
+        let request = api::RegisterChainRequest { chain_id: chain.clone(), name: format!("Chain {chain}") };
+        within_rate_limit!(client.register_chain(request.clone()))?;
     }
     for (clinic, chain) in &layout.clinics {
         let request = api::RegisterClinicRequest {
@@ -87,7 +103,7 @@ pub(crate) async fn register(args: &Args, layout: &Layout, pens_too: bool) -> an
             chain_id: chain.clone(),
             name: format!("Clinic {clinic}"),
         };
-        client.register_clinic(request).await?;
+        within_rate_limit!(client.register_clinic(request.clone()))?;
     }
     for (pen, clinic) in &layout.pens {
         let request = api::RegisterPenRequest {
@@ -96,7 +112,7 @@ pub(crate) async fn register(args: &Args, layout: &Layout, pens_too: bool) -> an
             model: MODEL.into(),
             manufacturer_id: MANUFACTURER.into(),
         };
-        client.register_pen(request).await?;
+        within_rate_limit!(client.register_pen(request.clone()))?;
     }
     Ok(())
 }
@@ -104,7 +120,7 @@ pub(crate) async fn register(args: &Args, layout: &Layout, pens_too: bool) -> an
 /// The highest seq penwarden has of each pen (pens it does not know are left out).
 pub(crate) async fn last_seqs(args: &Args) -> anyhow::Result<std::collections::HashMap<String, u64>> {
     let mut client = fleet_client(args).await?;
-    let pens = client.list_pens(api::ListPensRequest::default()).await?.into_inner().pens;
+    let pens = within_rate_limit!(client.list_pens(api::ListPensRequest::default()))?.into_inner().pens;
     Ok(pens.into_iter().map(|pen| (pen.pen_serial, pen.last_seq)).collect())
 }
 
@@ -114,7 +130,7 @@ pub(crate) async fn recall(args: &Args) -> anyhow::Result<u32> {
     let mut client = fleet_client(args).await?;
     let request =
         api::RecallLotRequest { gtin: gtin(), lot: RECALLED_LOT.into(), reason: "pensim: simulated recall".into() };
-    Ok(client.recall_lot(request).await?.into_inner().violations_raised)
+    Ok(within_rate_limit!(client.recall_lot(request.clone()))?.into_inner().violations_raised)
 }
 
 const MODEL: &str = "SP-2";

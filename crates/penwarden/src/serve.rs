@@ -28,7 +28,13 @@ pub(crate) fn run(config_file: Option<&Path>, allow_plaintext: bool) -> anyhow::
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    // Before anything else: a server that would expose API keys is not started at all.
+    // First of all: from here on a SIGTERM waits for the select below (a clean drain, exit 0).
+    // Installed later, one arriving while the store, the broker or the gRPC listener is being
+    // set up would kill the process (the listener accepts connections as soon as it is bound,
+    // so a supervisor may already take penwarden for up and stop it).
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    // Then, before anything is opened: a server that would expose API keys does not start.
     let grpc_tls = config.api.tls().map_err(anyhow::Error::msg)?;
     config.api.check_plaintext(grpc_tls.is_some()).map_err(anyhow::Error::msg)?;
     let store = Store::connect(&config.store.url).await?.with_thresholds(config.compliance.clone());
@@ -82,8 +88,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let influx = penwarden_ingest::redacted_url(&config.influx.url);
     tracing::info!(%grpc_addr, %mqtt, %influx, store = %config.store.url, "penwarden serving");
 
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     let ingest_ended = tokio::select! {
         _ = terminate.recv() => { tracing::info!("SIGTERM: draining"); None }
         _ = interrupt.recv() => { tracing::info!("SIGINT: draining"); None }

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what penwarden's demo and tests need and a fresh Debian/Ubuntu lacks:
-# Mosquitto, InfluxDB 1.x (influxd, v1 write API and InfluxQL) and VictoriaMetrics (InfluxDB v2
-# write API). Only the binaries are used: the tests start their own instances on free ports.
+# Mosquitto, InfluxDB 1.x (influxd, v1 write API and InfluxQL), VictoriaMetrics (InfluxDB v2
+# write API) and openssl (test certificates). Only the binaries are used: the tests start their
+# own instances on free ports.
 set -euo pipefail
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+# Tests issue certificates with scripts/issue-certs.sh.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The demo's summary uses curl and python3.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use penwarden_proto::api::v1 as api;
 use penwarden_proto::device::v1 as wire;
 use penwarden_tests::{metric, wait_for, Influxd, Mosquitto, Penwarden, Publisher};
 use prost::Message;
@@ -43,21 +42,8 @@ async fn a_pipeline_far_behind_the_broker_keeps_its_connection_and_lands_everyth
         ("PENWARDEN_CONFIG", config.display().to_string()),
     ];
     let mut penwarden = Penwarden::start(&mosquitto.url(), &env).await;
-    let mut fleet = penwarden.fleet().await;
-    fleet.register_chain(api::RegisterChainRequest { chain_id: "chain-a".into(), name: "A".into() }).await.unwrap();
-    let clinic =
-        api::RegisterClinicRequest { clinic_id: "clinic-a".into(), chain_id: "chain-a".into(), name: "A1".into() };
-    fleet.register_clinic(clinic).await.unwrap();
     let pens: Vec<String> = (0..PENS).map(|i| format!("OVL{i:03}")).collect();
-    for pen in &pens {
-        let request = api::RegisterPenRequest {
-            pen_serial: pen.clone(),
-            clinic_id: "clinic-a".into(),
-            model: "SP-2".into(),
-            ..Default::default()
-        };
-        fleet.register_pen(request).await.unwrap();
-    }
+    penwarden.register_clinic_a_with(&pens.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
     // Hold the store's write lock: every batch penwarden tries to commit waits, so what the
     // broker sends piles up in front of the pipeline, far beyond what it holds when healthy.

@@ -82,20 +82,7 @@ async fn penwarden_logs_in_to_the_deployed_broker_and_each_pen_is_confined_to_it
         ("PENWARDEN_MQTT_PASSWORD_FILE", password_file.display().to_string()),
     ];
     let mut penwarden = Penwarden::start(&mosquitto.url(), &env).await;
-    let mut fleet = penwarden.fleet().await;
-    fleet.register_chain(api::RegisterChainRequest { chain_id: "chain-a".into(), name: "A".into() }).await.unwrap();
-    let clinic =
-        api::RegisterClinicRequest { clinic_id: "clinic-a".into(), chain_id: "chain-a".into(), name: "A1".into() };
-    fleet.register_clinic(clinic).await.unwrap();
-    for pen in ["P1", "P2"] {
-        let request = api::RegisterPenRequest {
-            pen_serial: pen.into(),
-            clinic_id: "clinic-a".into(),
-            model: "SP-2".into(),
-            ..Default::default()
-        };
-        fleet.register_pen(request).await.unwrap();
-    }
+    penwarden.register_clinic_a_with(&["P1", "P2"]).await;
 
     // P1 speaks for P2: the ACL refuses it (MQTT 3.1.1 has no way to say so: Mosquitto may
     // still ack, and closes the connection). Then P1 speaks for itself.
@@ -163,20 +150,7 @@ async fn over_tls_each_pen_is_its_certificate_and_nothing_else_gets_in() {
         ("PENWARDEN_MQTT_KEY_FILE", dir.join("penwarden.key").display().to_string()),
     ];
     let mut penwarden = Penwarden::start(&url, &env).await;
-    let mut fleet = penwarden.fleet().await;
-    fleet.register_chain(api::RegisterChainRequest { chain_id: "chain-a".into(), name: "A".into() }).await.unwrap();
-    let clinic =
-        api::RegisterClinicRequest { clinic_id: "clinic-a".into(), chain_id: "chain-a".into(), name: "A1".into() };
-    fleet.register_clinic(clinic).await.unwrap();
-    for pen in ["P1", "P2"] {
-        let request = api::RegisterPenRequest {
-            pen_serial: pen.into(),
-            clinic_id: "clinic-a".into(),
-            model: "SP-2".into(),
-            ..Default::default()
-        };
-        fleet.register_pen(request).await.unwrap();
-    }
+    penwarden.register_clinic_a_with(&["P1", "P2"]).await;
     let ca = dir.join("servers-ca.crt");
     let identity = |pen: &str| (dir.join(format!("{pen}.crt")), dir.join(format!("{pen}.key")));
 

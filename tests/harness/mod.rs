@@ -128,6 +128,11 @@ async fn http_ok(url: &str) -> bool {
     }
 }
 
+/// Started as root, Mosquitto drops to its own user: the files it reads must be readable by it.
+fn readable_by_the_broker(file: &Path) {
+    std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+}
+
 pub struct Mosquitto {
     pub port: u16,
     config: PathBuf,
@@ -164,49 +169,24 @@ impl Mosquitto {
     /// deploy/mosquitto.acl), with only the paths and the listener moved into the test's own
     /// directory and port, and `users` (name, password) in the password file.
     pub async fn start_deployed(users: &[(&str, &str)]) -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .expect("open the mosquitto data directory to the broker's user");
-        let port = free_port();
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-        let acl = dir.path().join("acl");
-        std::fs::copy(deploy.join("mosquitto.acl"), &acl).expect("copy deploy/mosquitto.acl");
-        let passwords = dir.path().join("passwords");
-        for (user, password) in users {
-            // -c creates the file (with the first user); -b takes the password as an argument.
-            let create: &[&str] = if passwords.exists() { &[] } else { &["-c"] };
-            let status = Command::new(require("mosquitto_passwd"))
-                .arg("-b")
-                .args(create)
-                .arg(&passwords)
-                .args([user, password])
-                .status()
-                .expect("run mosquitto_passwd");
-            assert!(status.success(), "mosquitto_passwd failed");
-        }
-        // The broker (dropping to its own user) must read both files.
-        for file in [&acl, &passwords] {
-            std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
-        }
-        let deployed = std::fs::read_to_string(deploy.join("mosquitto.conf")).expect("read deploy/mosquitto.conf");
-        let mut config_text = String::new();
-        for line in deployed.lines() {
-            let moved = match line.split_once(' ') {
-                Some(("listener", _)) => format!("listener {port} 127.0.0.1"),
-                Some(("password_file", _)) => format!("password_file {}", passwords.display()),
-                Some(("acl_file", _)) => format!("acl_file {}", acl.display()),
-                Some(("persistence_location", _)) => format!("persistence_location {}/", dir.path().display()),
-                _ => line.to_owned(),
-            };
-            config_text.push_str(&moved);
-            config_text.push('\n');
-        }
-        config_text.push_str("log_type error\n");
-        let config = dir.path().join("mosquitto.conf");
-        std::fs::write(&config, config_text).expect("write mosquitto.conf");
-        let mut mosquitto = Mosquitto { port, config, process: None, dir };
-        mosquitto.spawn().await;
-        mosquitto
+        Self::start_like_deploy("mosquitto.conf", |dir| {
+            let passwords = dir.join("passwords");
+            for (user, password) in users {
+                // -c creates the file (with the first user); -b takes the password as an argument.
+                let create: &[&str] = if passwords.exists() { &[] } else { &["-c"] };
+                let status = Command::new(require("mosquitto_passwd"))
+                    .arg("-b")
+                    .args(create)
+                    .arg(&passwords)
+                    .args([user, password])
+                    .status()
+                    .expect("run mosquitto_passwd");
+                assert!(status.success(), "mosquitto_passwd failed");
+            }
+            readable_by_the_broker(&passwords);
+            vec![("password_file", passwords)]
+        })
+        .await
     }
 
     /// A broker configured exactly as deploy/mosquitto-tls.conf (client certificates required,
@@ -214,6 +194,27 @@ impl Mosquitto {
     /// moved: `certs` holds broker.crt and broker.key, and `clients_ca`, the CAs of the client
     /// certificates it accepts.
     pub async fn start_deployed_tls(certs: &Path, clients_ca: &Path) -> Mosquitto {
+        Self::start_like_deploy("mosquitto-tls.conf", |dir| {
+            // Copies the broker may read; the key only in this test.
+            let copy = |from: &Path, name: &str| {
+                let to = dir.join(name);
+                std::fs::copy(from, &to).expect("copy a certificate file");
+                readable_by_the_broker(&to);
+                to
+            };
+            vec![
+                ("cafile", copy(clients_ca, "clients-ca.crt")),
+                ("certfile", copy(&certs.join("broker.crt"), "broker.crt")),
+                ("keyfile", copy(&certs.join("broker.key"), "broker.key")),
+            ]
+        })
+        .await
+    }
+
+    /// Starts a broker from deploy/`conf` as it stands, with deploy/mosquitto.acl, moving only
+    /// the listener, the persistence directory and the files: `files` puts what the
+    /// configuration needs into the broker's directory and says which key names each.
+    async fn start_like_deploy(conf: &str, files: impl FnOnce(&Path) -> Vec<(&'static str, PathBuf)>) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .expect("open the mosquitto data directory to the broker's user");
@@ -221,31 +222,21 @@ impl Mosquitto {
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let acl = dir.path().join("acl");
         std::fs::copy(deploy.join("mosquitto.acl"), &acl).expect("copy deploy/mosquitto.acl");
-        // Copies the broker (dropping to its own user) may read; the key only in this test.
-        let copy = |from: &Path, name: &str| {
-            let to = dir.path().join(name);
-            std::fs::copy(from, &to).expect("copy a certificate file");
-            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
-            to
-        };
-        let (cafile, certfile, keyfile) = (
-            copy(clients_ca, "clients-ca.crt"),
-            copy(&certs.join("broker.crt"), "broker.crt"),
-            copy(&certs.join("broker.key"), "broker.key"),
-        );
-        std::fs::set_permissions(&acl, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
-        let deployed =
-            std::fs::read_to_string(deploy.join("mosquitto-tls.conf")).expect("read deploy/mosquitto-tls.conf");
+        readable_by_the_broker(&acl);
+        let mut moved_files = files(dir.path());
+        moved_files.push(("acl_file", acl));
+        let deployed = std::fs::read_to_string(deploy.join(conf)).expect("read the deploy configuration");
         let mut config_text = String::new();
         for line in deployed.lines() {
-            let moved = match line.split_once(' ') {
-                Some(("listener", _)) => format!("listener {port} 127.0.0.1"),
-                Some(("cafile", _)) => format!("cafile {}", cafile.display()),
-                Some(("certfile", _)) => format!("certfile {}", certfile.display()),
-                Some(("keyfile", _)) => format!("keyfile {}", keyfile.display()),
-                Some(("acl_file", _)) => format!("acl_file {}", acl.display()),
-                Some(("persistence_location", _)) => format!("persistence_location {}/", dir.path().display()),
-                _ => line.to_owned(),
+            let key = line.split_once(' ').map(|(key, _)| key);
+            let moved = match key {
+                Some("listener") => format!("listener {port} 127.0.0.1"),
+                Some("persistence_location") => format!("persistence_location {}/", dir.path().display()),
+                Some(key) => match moved_files.iter().find(|(name, _)| *name == key) {
+                    Some((name, path)) => format!("{name} {}", path.display()),
+                    None => line.to_owned(),
+                },
+                None => line.to_owned(),
             };
             config_text.push_str(&moved);
             config_text.push('\n');
@@ -529,6 +520,26 @@ async fn api_channel(penwarden: &Penwarden, token: &str) -> (tonic::transport::C
 }
 
 impl Penwarden {
+    /// Registers chain-a, its clinic-a, and `pens` (model SP-2) in it, with the admin key.
+    pub async fn register_clinic_a_with(&self, pens: &[&str]) {
+        use penwarden_proto::api::v1 as api;
+        let mut fleet = self.fleet().await;
+        let chain = api::RegisterChainRequest { chain_id: "chain-a".into(), name: "A".into() };
+        fleet.register_chain(chain).await.expect("RegisterChain");
+        let clinic =
+            api::RegisterClinicRequest { clinic_id: "clinic-a".into(), chain_id: "chain-a".into(), name: "A1".into() };
+        fleet.register_clinic(clinic).await.expect("RegisterClinic");
+        for pen in pens {
+            let request = api::RegisterPenRequest {
+                pen_serial: pen.to_string(),
+                clinic_id: "clinic-a".into(),
+                model: "SP-2".into(),
+                ..Default::default()
+            };
+            fleet.register_pen(request).await.expect("RegisterPen");
+        }
+    }
+
     /// A ComplianceService client with the admin key.
     pub async fn compliance(&self) -> ComplianceServiceClient<Authenticated> {
         self.compliance_as(&self.admin_token).await

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use penwarden_domain::access::Scope;
-use penwarden_domain::audit::ChainHead;
+use penwarden_domain::audit::{AuditCall, ChainHead};
 use penwarden_proto::api::v1 as pb;
 use penwarden_proto::api::v1::audit_service_server::AuditService;
-use penwarden_store::{NewAuditEntry, Store};
+use penwarden_store::Store;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -33,7 +33,7 @@ const HEAD_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Where calls are recorded.
 #[derive(Clone)]
 pub(crate) struct Auditor {
-    entries: mpsc::Sender<NewAuditEntry>,
+    entries: mpsc::Sender<AuditCall>,
 }
 
 impl Auditor {
@@ -44,14 +44,14 @@ impl Auditor {
         (Auditor { entries }, tokio::spawn(append(store, receive)))
     }
 
-    pub(crate) async fn record(&self, entry: NewAuditEntry) {
+    pub(crate) async fn record(&self, entry: AuditCall) {
         if self.entries.send(entry).await.is_err() {
             tracing::error!("the audit trail's writer has stopped; an API call went unrecorded");
         }
     }
 }
 
-async fn append(store: Store, mut receive: mpsc::Receiver<NewAuditEntry>) {
+async fn append(store: Store, mut receive: mpsc::Receiver<AuditCall>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut logged_head: Option<ChainHead> = None;
     let mut last_log = tokio::time::Instant::now();
@@ -104,7 +104,7 @@ fn publish_head(head: &ChainHead) {
 
 /// One API call on its way to the audit trail: who, what and when, known at its start.
 pub(crate) struct Call {
-    entry: NewAuditEntry,
+    entry: AuditCall,
     /// The caller's scope, or why the call is refused before it starts.
     scope: Result<Scope, Status>,
 }
@@ -121,7 +121,7 @@ impl Call {
         mut self,
         result: &Result<Response<T>, Status>,
         records: impl FnOnce(&T) -> usize,
-    ) -> NewAuditEntry {
+    ) -> AuditCall {
         match result {
             Ok(response) => {
                 self.entry.status = "OK".into();
@@ -142,7 +142,7 @@ impl Authenticator {
             Ok(scope) => (scope.role().as_str().to_owned(), scope.id().to_owned()),
             Err(_) => (String::new(), String::new()),
         };
-        let entry = NewAuditEntry {
+        let entry = AuditCall {
             time_ms: crate::now_ms(),
             key_id: crate::auth::key_id(request).unwrap_or_default(),
             role,
@@ -241,14 +241,14 @@ impl AuditService for AuditApi {
                     .into_iter()
                     .map(|entry| pb::AuditEvent {
                         seq: entry.record.seq,
-                        time_unix_ms: entry.record.time_ms,
-                        key_id: entry.record.key_id,
-                        role: entry.record.role,
-                        scope: entry.record.scope,
-                        method: entry.record.method,
-                        request_json: entry.record.request,
-                        status: entry.record.status,
-                        records: entry.record.records,
+                        time_unix_ms: entry.record.call.time_ms,
+                        key_id: entry.record.call.key_id,
+                        role: entry.record.call.role,
+                        scope: entry.record.call.scope,
+                        method: entry.record.call.method,
+                        request_json: entry.record.call.request,
+                        status: entry.record.call.status,
+                        records: entry.record.call.records,
                         previous_hash: entry.previous_hash,
                         hash: entry.hash,
                     })

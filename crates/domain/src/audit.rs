@@ -13,11 +13,9 @@ use sha2::{Digest, Sha256};
 /// The hash a chain's first entry names as its predecessor.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// What one entry records.
+/// One call or change, as it is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRecord {
-    /// 1, 2, 3 … without gaps.
-    pub seq: i64,
+pub struct AuditCall {
     pub time_ms: i64,
     /// The API key's id (never its secret), or who acted on the server (`cli`, `server`).
     pub key_id: String,
@@ -33,20 +31,29 @@ pub struct AuditRecord {
     pub records: i64,
 }
 
+/// What one entry records: a call, at its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// 1, 2, 3 … without gaps.
+    pub seq: i64,
+    pub call: AuditCall,
+}
+
 impl AuditRecord {
     /// The bytes the hash covers: every field, each prefixed by its length, so no two
     /// different records share them.
     fn content(&self) -> String {
-        let numbers = [self.seq.to_string(), self.time_ms.to_string(), self.records.to_string()];
+        let call = &self.call;
+        let numbers = [self.seq.to_string(), call.time_ms.to_string(), call.records.to_string()];
         let fields = [
             numbers[0].as_str(),
             numbers[1].as_str(),
-            &self.key_id,
-            &self.role,
-            &self.scope,
-            &self.method,
-            &self.request,
-            &self.status,
+            &call.key_id,
+            &call.role,
+            &call.scope,
+            &call.method,
+            &call.request,
+            &call.status,
             numbers[2].as_str(),
         ];
         let mut content = String::new();
@@ -215,14 +222,16 @@ mod tests {
     fn record(seq: i64, records: i64) -> AuditRecord {
         AuditRecord {
             seq,
-            time_ms: 1_790_000_000_000 + seq,
-            key_id: "3f2a9c0d1e4b5a67".into(),
-            role: "chain".into(),
-            scope: "chain-1".into(),
-            method: "penwarden.api.v1.ComplianceService/ListViolations".into(),
-            request: r#"{"chainId":"chain-1"}"#.into(),
-            status: "OK".into(),
-            records,
+            call: AuditCall {
+                time_ms: 1_790_000_000_000 + seq,
+                key_id: "3f2a9c0d1e4b5a67".into(),
+                role: "chain".into(),
+                scope: "chain-1".into(),
+                method: "penwarden.api.v1.ComplianceService/ListViolations".into(),
+                request: r#"{"chainId":"chain-1"}"#.into(),
+                status: "OK".into(),
+                records,
+            },
         }
     }
 
@@ -248,7 +257,7 @@ mod tests {
     #[test]
     fn the_first_entry_that_does_not_hold_is_named() {
         let mut edited = chain(5);
-        edited[2].record.records = 99;
+        edited[2].record.call.records = 99;
         assert_eq!(verify(&edited, None), Err(Break::Edited { seq: 3 }));
 
         let mut deleted = chain(5);
@@ -259,7 +268,7 @@ mod tests {
         // predecessor's hash... unless every later entry is rehashed too, which a published
         // head catches.
         let mut rehashed = chain(5);
-        rehashed[2].record.records = 99;
+        rehashed[2].record.call.records = 99;
         rehashed[2].hash = rehashed[2].record.hash(&rehashed[2].previous_hash);
         assert_eq!(verify(&rehashed, None), Err(Break::Unlinked { seq: 4, previous: 3 }));
         let original_head = verify(&chain(5), None).unwrap().unwrap();
@@ -301,7 +310,7 @@ mod tests {
         fn any_single_change_is_found_where_it_was_made(length in 1i64..20, at in 0usize..20, field in 0usize..6) {
             let mut entries = chain(length);
             let at = at % entries.len();
-            let record = &mut entries[at].record;
+            let record = &mut entries[at].record.call;
             match field {
                 0 => record.time_ms += 1,
                 1 => record.key_id.push('x'),

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use penwarden_domain::audit::{Break, ChainHead, Verifier};
-use penwarden_store::{NewAuditEntry, Store};
+use penwarden_domain::audit::{AuditCall, Break, ChainHead, Verifier};
+use penwarden_store::Store;
 
 use crate::apikey::{block_on, now_ms, open_store};
 
@@ -15,8 +15,8 @@ const PAGE: u32 = 10_000;
 
 /// A change made on the server (not through the API), as an audit entry: `actor` is `cli` or
 /// `server`, `request` its fields as JSON.
-pub(crate) fn server_entry(actor: &str, method: &str, request: serde_json::Value, records: i64) -> NewAuditEntry {
-    NewAuditEntry {
+pub(crate) fn server_entry(actor: &str, method: &str, request: serde_json::Value, records: i64) -> AuditCall {
+    AuditCall {
         time_ms: now_ms(),
         key_id: actor.into(),
         role: "operator".into(),
@@ -81,9 +81,9 @@ pub(crate) fn export(config_file: Option<&Path>, after_seq: i64) -> anyhow::Resu
         loop {
             let page = store.audit_entries(after, PAGE).await?;
             for entry in &page {
-                let record = &entry.record;
+                let (seq, record) = (entry.record.seq, &entry.record.call);
                 let line = serde_json::json!({
-                    "seq": record.seq,
+                    "seq": seq,
                     "time_unix_ms": record.time_ms,
                     "key_id": record.key_id,
                     "role": record.role,

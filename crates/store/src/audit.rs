@@ -1,23 +1,10 @@
 //! The audit trail's storage: appends chain each entry to the last one in the same
 //! transaction, so processes sharing the database (serve, the CLI) extend one chain.
 
-use penwarden_domain::audit::{AuditEntry, AuditRecord, ChainHead};
+use penwarden_domain::audit::{AuditCall, AuditEntry, AuditRecord, ChainHead};
 use sqlx::Row;
 
 use crate::{Result, Store};
-
-/// An entry to append: everything but its place in the chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewAuditEntry {
-    pub time_ms: i64,
-    pub key_id: String,
-    pub role: String,
-    pub scope: String,
-    pub method: String,
-    pub request: String,
-    pub status: String,
-    pub records: i64,
-}
 
 const AUDIT_COLUMNS: &str = "seq, time_ms, key_id, role, scope, method, request, status, records, previous_hash, hash";
 
@@ -25,14 +12,16 @@ fn audit_entry(row: &sqlx::sqlite::SqliteRow) -> AuditEntry {
     AuditEntry {
         record: AuditRecord {
             seq: row.get(0),
-            time_ms: row.get(1),
-            key_id: row.get(2),
-            role: row.get(3),
-            scope: row.get(4),
-            method: row.get(5),
-            request: row.get(6),
-            status: row.get(7),
-            records: row.get(8),
+            call: AuditCall {
+                time_ms: row.get(1),
+                key_id: row.get(2),
+                role: row.get(3),
+                scope: row.get(4),
+                method: row.get(5),
+                request: row.get(6),
+                status: row.get(7),
+                records: row.get(8),
+            },
         },
         previous_hash: row.get(9),
         hash: row.get(10),
@@ -43,7 +32,7 @@ impl Store {
     /// Appends `entries` in order after the chain's current head, in one transaction; returns
     /// the new head. The write lock is taken first (BEGIN IMMEDIATE), so two processes never
     /// chain onto the same entry.
-    pub async fn append_audit(&self, entries: &[NewAuditEntry]) -> Result<Option<ChainHead>> {
+    pub async fn append_audit(&self, entries: &[AuditCall]) -> Result<Option<ChainHead>> {
         let mut connection = self.writer.acquire().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
         let appended = async {
@@ -53,28 +42,19 @@ impl Store {
             // ingest): a row-by-row insert costs a statement execution per API call.
             let mut rows = Vec::with_capacity(entries.len());
             for new in entries {
-                let record = AuditRecord {
-                    seq: last.as_ref().map_or(1, |entry| entry.record.seq + 1),
-                    time_ms: new.time_ms,
-                    key_id: new.key_id.clone(),
-                    role: new.role.clone(),
-                    scope: new.scope.clone(),
-                    method: new.method.clone(),
-                    request: new.request.clone(),
-                    status: new.status.clone(),
-                    records: new.records,
-                };
+                let seq = last.as_ref().map_or(1, |entry| entry.record.seq + 1);
+                let record = AuditRecord { seq, call: new.clone() };
                 let entry = AuditEntry::chain(record, last.as_ref());
                 rows.push(serde_json::json!([
                     entry.record.seq,
-                    entry.record.time_ms,
-                    entry.record.key_id,
-                    entry.record.role,
-                    entry.record.scope,
-                    entry.record.method,
-                    entry.record.request,
-                    entry.record.status,
-                    entry.record.records,
+                    entry.record.call.time_ms,
+                    entry.record.call.key_id,
+                    entry.record.call.role,
+                    entry.record.call.scope,
+                    entry.record.call.method,
+                    entry.record.call.request,
+                    entry.record.call.status,
+                    entry.record.call.records,
                     entry.previous_hash,
                     entry.hash,
                 ]));
@@ -124,8 +104,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn new_entry(method: &str) -> NewAuditEntry {
-        NewAuditEntry {
+    fn new_entry(method: &str) -> AuditCall {
+        AuditCall {
             time_ms: 1,
             key_id: "k".into(),
             role: "admin".into(),
@@ -146,7 +126,7 @@ mod tests {
         assert_eq!(head.seq, 3);
         assert_eq!(store.audit_head().await.unwrap(), Some(head.clone()));
         let entries = store.audit_entries(0, 100).await.unwrap();
-        assert_eq!(entries.iter().map(|e| e.record.method.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(entries.iter().map(|e| e.record.call.method.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(penwarden_domain::audit::verify(&entries, Some(&head)), Ok(Some(head)));
         assert_eq!(store.audit_entries(1, 1).await.unwrap()[0].record.seq, 2, "paging");
         // The database refuses edits and deletions while its triggers stand.

@@ -16,7 +16,6 @@ mod seq_runs;
 mod session_rules;
 
 pub use apikeys::ApiKeyRow;
-pub use audit::NewAuditEntry;
 pub use batch::{
     Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, PenTelemetry, QuarantineEntry, RaisedViolation,
     StatusReport,

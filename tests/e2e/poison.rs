@@ -290,7 +290,7 @@ async fn a_seq_far_ahead_cannot_make_a_pen_ready_for_good() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_seq_with_other_content_is_quarantined_not_dropped() {
-    let (mosquitto, _influxd, mut penwarden, metrics_addr) = start(&[("P1", "SP-2")]).await;
+    let (mosquitto, influxd, mut penwarden, metrics_addr) = start(&[("P1", "SP-2")]).await;
     let mut publisher = Publisher::connect(mosquitto.port).await;
     let t0 = now_ms() - 60_000;
     let session = |id: &str, udi: &str| {
@@ -307,23 +307,43 @@ async fn a_reused_seq_with_other_content_is_quarantined_not_dropped() {
     publisher.publish("pw/v1/pens/P1/events", event("P1", 1, t0, session("s1", first))).await;
     // The pen was reset and numbers from 1 again: a second session under a used seq.
     publisher.publish("pw/v1/pens/P1/events", event("P1", 1, t0 + 600_000, session("s2", second))).await;
+    // Telemetry alike: a redelivered batch adds nothing, one with other samples under a used
+    // seq (after the reset, or under the event's seq 1) is quarantined, none of its samples
+    // written.
+    publisher.publish("pw/v1/pens/P1/telemetry", telemetry("P1", 2, t0 + 100, 3)).await;
+    publisher.publish("pw/v1/pens/P1/telemetry", telemetry("P1", 2, t0 + 100, 3)).await;
+    publisher.publish("pw/v1/pens/P1/telemetry", telemetry("P1", 2, t0 + 600_100, 5)).await;
+    publisher.publish("pw/v1/pens/P1/telemetry", telemetry("P1", 1, t0 + 600_200, 7)).await;
+    publisher.publish("pw/v1/pens/P1/telemetry", telemetry("P1", 3, t0 + 10_000, 2)).await;
 
-    let listed = wait_for("the conflicting message in the quarantine", Duration::from_secs(30), || async {
+    let listed = wait_for("the conflicting messages in the quarantine", Duration::from_secs(30), || async {
         let listed = quarantine(&penwarden).await;
-        (!listed.messages.is_empty()).then_some(listed)
+        (listed.messages.len() >= 3).then_some(listed)
     })
     .await;
-    assert_eq!(listed.messages.len(), 1, "{listed:?}");
-    let entry = &listed.messages[0];
-    assert_eq!((entry.reason.as_str(), entry.pen_serial.as_str()), ("seq_conflict", "P1"));
-    assert!(entry.detail.contains("seq 1"), "{entry:?}");
+    assert_eq!(listed.messages.len(), 3, "{listed:?}");
+    for entry in &listed.messages {
+        assert_eq!((entry.reason.as_str(), entry.pen_serial.as_str()), ("seq_conflict", "P1"), "{entry:?}");
+    }
+    let mut details: Vec<&str> = listed.messages.iter().map(|entry| entry.detail.as_str()).collect();
+    details.sort();
+    assert!(
+        details[0].contains("seq 1") && details[1].contains("seq 1") && details[2].contains("seq 2"),
+        "{details:?}"
+    );
+    let samples = wait_for("the first deliveries' samples in InfluxDB", Duration::from_secs(30), || async {
+        let count = influxd.query_scalar("penwarden", "SELECT count(depth_mm) FROM pen_telemetry").await?;
+        (count.as_u64()? >= 5).then_some(count)
+    })
+    .await;
+    assert_eq!(samples.as_u64(), Some(3 + 2), "only the first delivery of seq 2, and seq 3");
     let mut compliance = penwarden.compliance().await;
     let get = |udi: &str| api::GetCartridgeRequest { udi: udi.into(), ..Default::default() };
     assert_eq!(compliance.get_cartridge(get(first)).await.unwrap().into_inner().sessions.len(), 1);
     let missing = compliance.get_cartridge(get(second)).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "the conflicting session is not applied");
     let conflicts = metric(&metrics_addr, "penwarden_seq_conflicts_total").await;
-    assert_eq!(conflicts, Some(1.0));
+    assert_eq!(conflicts, Some(3.0));
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }
 

@@ -104,7 +104,7 @@ fn store_batch(c: &mut Criterion) {
                 next_seq += 10;
                 let mut batch = IngestBatch { received_ms: NOW_MS, ..IngestBatch::default() };
                 for pen in &pens {
-                    batch.add_telemetry(pen, seq, Some(NOW_MS));
+                    batch.add_telemetry(pen, seq, seq as i64, Some(NOW_MS));
                 }
                 for pen in pens.iter().take(2) {
                     let session_id = SessionId::parse(&format!("s{seq}")).expect("session");

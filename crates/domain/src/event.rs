@@ -203,6 +203,30 @@ impl EventRecord {
     }
 }
 
+/// A digest of what one telemetry message says (its session and every sample; not the pen and
+/// seq that identify it), for telling a redelivery from a conflict the way
+/// [`EventRecord::content_digest`] does for events. 64 bits: one is stored per recent message of
+/// every pen, and a collision could only make a pen's own conflicting message pass for a
+/// redelivery of its own earlier one. Stored, so the encoding below must never change.
+pub fn telemetry_digest(session_id: Option<&SessionId>, samples: &[Sample]) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let session = session_id.map_or("", |id| id.as_str());
+    hash.update((session.len() as u64).to_be_bytes());
+    hash.update(session.as_bytes());
+    // Fixed-width fields: no two sample lists encode alike.
+    for sample in samples {
+        hash.update(sample.time_unix_ms.to_be_bytes());
+        for value in
+            [sample.depth_mm, sample.speed_rpm, sample.motor_current_ma, sample.temperature_c, sample.battery_pct]
+        {
+            hash.update(value.to_bits().to_be_bytes());
+        }
+    }
+    let digest: [u8; 32] = hash.finalize().into();
+    i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -233,5 +257,35 @@ mod tests {
             ..status(0.0)
         };
         assert_ne!(fault("ab", "c").content_digest(), fault("a", "bc").content_digest());
+    }
+
+    #[test]
+    fn the_telemetry_digest_sees_every_sample_field_and_the_session() {
+        let sample = Sample {
+            time_unix_ms: 1000,
+            depth_mm: 0.5,
+            speed_rpm: 9000.0,
+            motor_current_ma: 120.0,
+            temperature_c: 31.0,
+            battery_pct: 80.0,
+        };
+        let session = SessionId::parse("s-1").unwrap();
+        let digest = telemetry_digest(Some(&session), &[sample]);
+        assert_eq!(digest, telemetry_digest(Some(&session), &[sample]));
+        assert_ne!(digest, telemetry_digest(None, &[sample]));
+        assert_ne!(digest, telemetry_digest(Some(&session), &[sample, sample]));
+        let changes: [fn(&mut Sample); 6] = [
+            |s| s.time_unix_ms += 1,
+            |s| s.depth_mm += 0.1,
+            |s| s.speed_rpm += 1.0,
+            |s| s.motor_current_ma += 1.0,
+            |s| s.temperature_c += 1.0,
+            |s| s.battery_pct -= 1.0,
+        ];
+        for change in changes {
+            let mut other = sample;
+            change(&mut other);
+            assert_ne!(digest, telemetry_digest(Some(&session), &[other]), "{other:?}");
+        }
     }
 }

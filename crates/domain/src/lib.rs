@@ -12,6 +12,6 @@ pub mod ownership;
 pub mod rate;
 pub mod udi;
 
-pub use event::{DeviceEvent, DisinfectionMethod, EventRecord, Sample, TreatmentArea};
+pub use event::{telemetry_digest, DeviceEvent, DisinfectionMethod, EventRecord, Sample, TreatmentArea};
 pub use ids::{ChainId, ClinicId, OperatorId, PenSerial, SessionId};
 pub use udi::{CartridgeKey, Udi};

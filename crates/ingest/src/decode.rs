@@ -39,6 +39,13 @@ pub struct Telemetry {
     pub samples: Vec<Sample>,
 }
 
+impl Telemetry {
+    /// What the message says, for telling a redelivery from a conflict.
+    pub fn digest(&self) -> i64 {
+        penwarden_domain::telemetry_digest(self.session_id.as_ref(), &self.samples)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     Telemetry(Telemetry),

@@ -1,13 +1,13 @@
 //! Batches messages and makes their effects durable before acking them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use penwarden_domain::PenSerial;
 use penwarden_influx::{LineBuilder, RejectedLine, WriteReport, Writer};
-use penwarden_store::{IngestBatch, PenPlacement, QuarantineEntry, Store};
+use penwarden_store::{IngestBatch, PenPlacement, QuarantineEntry, Store, TelemetryMessage};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -276,8 +276,9 @@ impl Committer {
                     derived_bytes += bytes;
                     self.record_effects(&effects);
                     self.record_quarantine(&batch.quarantine);
-                    if !effects.seq_conflicts.is_empty() {
-                        parts.push((Vec::new(), seq_conflicts(&effects.seq_conflicts, &part, &messages, received_ms)));
+                    let (part, conflicting) = split_conflicts(part, &effects);
+                    if !conflicting.is_empty() {
+                        parts.push((Vec::new(), seq_conflicts(&conflicting, &messages, received_ms)));
                     }
                     committed.extend(part);
                 }
@@ -443,19 +444,32 @@ struct Admitted {
     register: bool,
 }
 
-/// Quarantine entries for the events the store found conflicting (`positions` in the events of
-/// `part`, in order): their (pen, seq) is recorded with other content.
-fn seq_conflicts(
-    positions: &[usize],
-    part: &[Admitted],
-    messages: &[Incoming],
-    received_ms: i64,
-) -> Vec<QuarantineEntry> {
-    let events: Vec<&Admitted> = part.iter().filter(|m| matches!(m.decoded, Decoded::Event(_))).collect();
-    metrics::counter!("penwarden_seq_conflicts_total").increment(positions.len() as u64);
-    positions
+/// Splits a committed part into the messages the store took and those it found conflicting:
+/// a (pen, seq) already recorded with other content.
+fn split_conflicts(part: Vec<Admitted>, effects: &penwarden_store::Effects) -> (Vec<Admitted>, Vec<Admitted>) {
+    if effects.seq_conflicts.is_empty() && effects.telemetry_conflicts.is_empty() {
+        return (part, Vec::new());
+    }
+    let conflicting_events: BTreeSet<usize> = effects.seq_conflicts.iter().copied().collect();
+    let mut event_position = 0;
+    part.into_iter().partition(|admitted| match &admitted.decoded {
+        Decoded::Event(_) => {
+            event_position += 1;
+            !conflicting_events.contains(&(event_position - 1))
+        }
+        Decoded::Telemetry(telemetry) => !effects
+            .telemetry_conflicts
+            .contains(&(telemetry.pen.clone(), TelemetryMessage { seq: telemetry.seq, digest: telemetry.digest() })),
+        Decoded::State(_) => true,
+    })
+}
+
+/// Quarantine entries for the messages the store found conflicting: their (pen, seq) is
+/// recorded with other content.
+fn seq_conflicts(conflicting: &[Admitted], messages: &[Incoming], received_ms: i64) -> Vec<QuarantineEntry> {
+    metrics::counter!("penwarden_seq_conflicts_total").increment(conflicting.len() as u64);
+    conflicting
         .iter()
-        .filter_map(|&position| events.get(position))
         .map(|admitted| {
             let message = &messages[admitted.index];
             let (pen, seq) = (admitted.decoded.pen(), admitted.decoded.seq());
@@ -482,7 +496,7 @@ fn ingest_batch(received_ms: i64, part: &[Admitted], quarantine: Vec<QuarantineE
         match &message.decoded {
             Decoded::Telemetry(telemetry) => {
                 let newest = telemetry.samples.iter().map(|s| s.time_unix_ms).max();
-                batch.add_telemetry(&telemetry.pen, telemetry.seq, newest);
+                batch.add_telemetry(&telemetry.pen, telemetry.seq, telemetry.digest(), newest);
             }
             Decoded::Event(event) => batch.events.push(event.clone()),
             Decoded::State(state) => batch.states.push(state.clone()),

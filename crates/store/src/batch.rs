@@ -66,14 +66,15 @@ impl IngestBatch {
             && self.quarantine.is_empty()
     }
 
-    /// Records one telemetry message. The serial is cloned only for a pen's first message in
-    /// the batch, not for every message.
-    pub fn add_telemetry(&mut self, pen: &PenSerial, seq: u64, newest_sample_ms: Option<i64>) {
+    /// Records one telemetry message (`digest`: [`penwarden_domain::telemetry_digest`] of its
+    /// content). The serial is cloned only for a pen's first message in the batch, not for
+    /// every message.
+    pub fn add_telemetry(&mut self, pen: &PenSerial, seq: u64, digest: i64, newest_sample_ms: Option<i64>) {
         let entry = match self.telemetry.get_mut(pen) {
             Some(entry) => entry,
             None => self.telemetry.entry(pen.clone()).or_default(),
         };
-        entry.seqs.push(seq);
+        entry.messages.push(TelemetryMessage { seq, digest });
         entry.newest_sample_ms = entry.newest_sample_ms.max(newest_sample_ms);
     }
 }
@@ -81,8 +82,15 @@ impl IngestBatch {
 /// One pen's telemetry messages in a batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PenTelemetry {
-    pub seqs: Vec<u64>,
+    pub messages: Vec<TelemetryMessage>,
     pub newest_sample_ms: Option<i64>,
+}
+
+/// A telemetry message as the record sees it: its number and a digest of what it said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TelemetryMessage {
+    pub seq: u64,
+    pub digest: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +140,12 @@ pub struct Effects {
     /// Positions in the batch's `events` of events whose (pen, seq) is already recorded with
     /// other content: not applied; the caller quarantines their messages (`seq_conflict`).
     pub seq_conflicts: Vec<usize>,
+    /// Telemetry messages received before with the same content: nothing recorded again.
+    pub duplicate_telemetry: usize,
+    /// Telemetry messages whose (pen, seq) was received before with other content, or taken by
+    /// an event: not recorded; the caller quarantines them (`seq_conflict`) and writes none of
+    /// their samples.
+    pub telemetry_conflicts: BTreeSet<(PenSerial, TelemetryMessage)>,
     pub quarantined: usize,
     pub raised: Vec<RaisedViolation>,
     pub retracted: Vec<RaisedViolation>,
@@ -206,8 +220,10 @@ impl Store {
         touch_last_seen_many(&mut tx, &batch.telemetry).await?;
 
         // Sequence numbers that arrived in this batch, telemetry and new events alike.
-        let mut arrived: BTreeMap<&str, Vec<u64>> =
-            batch.telemetry.iter().map(|(pen, messages)| (pen.as_str(), messages.seqs.clone())).collect();
+        let telemetry = classify_telemetry(&mut tx, &batch.telemetry).await?;
+        effects.duplicate_telemetry = telemetry.redelivered;
+        effects.telemetry_conflicts = telemetry.conflicts;
+        let mut arrived = telemetry.accepted;
 
         let mut touched_pens: BTreeMap<PenSerial, u64> = BTreeMap::new();
         let mut touched_cartridges: BTreeSet<CartridgeKey> = BTreeSet::new();
@@ -215,6 +231,10 @@ impl Store {
         // Sessions whose own facts changed (above: a firmware a birth announced) are judged
         // again by the session rules.
         for (position, record) in batch.events.iter().enumerate() {
+            if seq_taken_by_telemetry(&mut tx, batch, record).await? {
+                effects.seq_conflicts.push(position);
+                continue;
+            }
             match insert_event(&mut tx, record, now).await? {
                 Insertion::New => {}
                 Insertion::Redelivered => {
@@ -740,6 +760,154 @@ async fn sessions_judged_by_status(
 
 /// Merges the numbers that arrived into each pen's runs of received numbers; returns, per pen,
 /// the lowest and highest number no run held before.
+/// Slots per pen in `telemetry_digests`. A redelivery comes from the broker's in-flight window
+/// (1,000 messages to penwarden in deploy/mosquitto.conf, spread over the fleet), so it is one
+/// of its pen's last few messages; one older than a pen's last 64 would be taken as a conflict
+/// and quarantined, where it loses nothing: its first delivery is recorded.
+const TELEMETRY_DIGEST_SLOTS: u64 = 64;
+
+/// The batch's telemetry, sorted into new, redelivered and conflicting messages.
+struct TelemetryArrival<'a> {
+    /// Per pen, the numbers of new and redelivered messages.
+    accepted: BTreeMap<&'a str, Vec<u64>>,
+    redelivered: usize,
+    conflicts: BTreeSet<(PenSerial, TelemetryMessage)>,
+}
+
+/// Tells new telemetry from redeliveries and conflicts, and keeps the new messages' digests.
+async fn classify_telemetry<'a>(
+    tx: &mut Transaction<'_, Sqlite>,
+    telemetry: &'a BTreeMap<PenSerial, PenTelemetry>,
+) -> Result<TelemetryArrival<'a>> {
+    let windows: Vec<(&str, u64, u64)> = telemetry
+        .iter()
+        .filter_map(|(pen, sent)| {
+            let seqs = sent.messages.iter().map(|message| message.seq);
+            Some((pen.as_str(), seqs.clone().min()?, seqs.max()?))
+        })
+        .collect();
+    let received = stored_runs(tx, &windows, 0).await?;
+    let mut arrival = TelemetryArrival { accepted: BTreeMap::new(), redelivered: 0, conflicts: BTreeSet::new() };
+    let mut fresh: Vec<(&str, u64, u64, i64)> = Vec::new();
+    for (pen, sent) in telemetry {
+        let runs = received.get(pen.as_str()).map_or(&[][..], Vec::as_slice);
+        let mut in_this_batch: BTreeMap<u64, i64> = BTreeMap::new();
+        let accepted = arrival.accepted.entry(pen.as_str()).or_default();
+        for message in &sent.messages {
+            let same_as_before = match in_this_batch.get(&message.seq) {
+                Some(digest) => Some(*digest == message.digest),
+                None if runs.iter().any(|run| run.first <= message.seq && message.seq <= run.last) => {
+                    Some(recorded_telemetry_matches(tx, pen, message).await?)
+                }
+                None => None,
+            };
+            match same_as_before {
+                None => {
+                    in_this_batch.insert(message.seq, message.digest);
+                    fresh.push((pen.as_str(), message.seq % TELEMETRY_DIGEST_SLOTS, message.seq, message.digest));
+                    accepted.push(message.seq);
+                }
+                Some(true) => {
+                    arrival.redelivered += 1;
+                    accepted.push(message.seq);
+                }
+                Some(false) => {
+                    arrival.conflicts.insert((pen.clone(), *message));
+                }
+            }
+        }
+    }
+    if !fresh.is_empty() {
+        // A slot keeps the newest number that fell into it.
+        sqlx::query(
+            "INSERT INTO telemetry_digests (pen_serial, slot, seq, digest)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?) WHERE TRUE
+             ON CONFLICT (pen_serial, slot) DO UPDATE SET seq = excluded.seq, digest = excluded.digest
+             WHERE excluded.seq > telemetry_digests.seq",
+        )
+        .bind(json_array(&fresh))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(arrival)
+}
+
+/// Whether a telemetry message whose number was received before says what the first one said.
+async fn recorded_telemetry_matches(
+    tx: &mut Transaction<'_, Sqlite>,
+    pen: &PenSerial,
+    message: &TelemetryMessage,
+) -> Result<bool> {
+    let slot: Option<(i64, i64)> =
+        sqlx::query_as("SELECT seq, digest FROM telemetry_digests WHERE pen_serial = ? AND slot = ?")
+            .bind(pen.as_str())
+            .bind((message.seq % TELEMETRY_DIGEST_SLOTS) as i64)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match slot {
+        Some((seq, digest)) if seq as u64 == message.seq => return Ok(digest == message.digest),
+        // A newer number took the slot: this one is older than any redelivery can be.
+        Some((seq, _)) if seq as u64 > message.seq => return Ok(false),
+        _ => {}
+    }
+    // No digest: the number was an event's (a conflict), or arrived before digests were kept
+    // (taken as the same, as for events recorded before theirs were).
+    let event: Option<i64> = sqlx::query_scalar("SELECT 1 FROM pen_events WHERE pen_serial = ? AND seq = ?")
+        .bind(pen.as_str())
+        .bind(message.seq as i64)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(event.is_none())
+}
+
+/// Whether an event's number already belongs to a telemetry message: one that arrived in this
+/// batch, or one received earlier (a received number that no recorded event has).
+async fn seq_taken_by_telemetry(
+    tx: &mut Transaction<'_, Sqlite>,
+    batch: &IngestBatch,
+    record: &EventRecord,
+) -> Result<bool> {
+    if batch.telemetry.get(&record.pen).is_some_and(|sent| sent.messages.iter().any(|m| m.seq == record.seq)) {
+        return Ok(true);
+    }
+    let taken: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM received_seq_runs r
+         WHERE r.pen_serial = ?1 AND r.last_seq >= ?2 AND r.first_seq <= ?2
+           AND NOT EXISTS (SELECT 1 FROM pen_events e WHERE e.pen_serial = ?1 AND e.seq = ?2)",
+    )
+    .bind(record.pen.as_str())
+    .bind(record.seq as i64)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(taken.is_some())
+}
+
+/// The stored runs of each pen that reach into its window `[min - margin, max + margin]`.
+async fn stored_runs(
+    tx: &mut Transaction<'_, Sqlite>,
+    windows: &[(&str, u64, u64)],
+    margin: u64,
+) -> Result<BTreeMap<String, Vec<SeqRun>>> {
+    let mut existing: BTreeMap<String, Vec<SeqRun>> = BTreeMap::new();
+    if windows.is_empty() {
+        return Ok(existing);
+    }
+    let rows = sqlx::query(
+        "SELECT r.pen_serial, r.first_seq, r.last_seq FROM json_each(?1) AS arrived
+         JOIN received_seq_runs r ON r.pen_serial = arrived.value ->> 0
+          AND r.last_seq >= (arrived.value ->> 1) - ?2 AND r.first_seq <= (arrived.value ->> 2) + ?2",
+    )
+    .bind(json_array(windows))
+    .bind(margin as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in &rows {
+        let run = SeqRun { first: row.get::<i64, _>(1).max(0) as u64, last: row.get::<i64, _>(2).max(0) as u64 };
+        existing.entry(row.get(0)).or_default().push(run);
+    }
+    Ok(existing)
+}
+
 async fn record_received_seqs(
     tx: &mut Transaction<'_, Sqlite>,
     arrived: &BTreeMap<&str, Vec<u64>>,
@@ -750,19 +918,7 @@ async fn record_received_seqs(
         return Ok(BTreeMap::new());
     }
     // The stored runs each pen's new numbers can touch: those reaching into [min - 1, max + 1].
-    let rows = sqlx::query(
-        "SELECT r.pen_serial, r.first_seq, r.last_seq FROM json_each(?) AS arrived
-         JOIN received_seq_runs r ON r.pen_serial = arrived.value ->> 0
-          AND r.last_seq >= (arrived.value ->> 1) - 1 AND r.first_seq <= (arrived.value ->> 2) + 1",
-    )
-    .bind(json_array(&windows))
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut existing: BTreeMap<String, Vec<SeqRun>> = BTreeMap::new();
-    for row in &rows {
-        let run = SeqRun { first: row.get::<i64, _>(1).max(0) as u64, last: row.get::<i64, _>(2).max(0) as u64 };
-        existing.entry(row.get(0)).or_default().push(run);
-    }
+    let existing = stored_runs(tx, &windows, 1).await?;
     let mut removed: Vec<(&str, u64)> = Vec::new();
     let mut added: Vec<(&str, u64, u64)> = Vec::new();
     let mut new_seqs = BTreeMap::new();

@@ -18,7 +18,7 @@ mod session_rules;
 pub use apikeys::ApiKeyRow;
 pub use batch::{
     Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, PenTelemetry, QuarantineEntry, RaisedViolation,
-    StatusReport,
+    StatusReport, TelemetryMessage,
 };
 pub use directory::{PenDirectory, PenPlacement};
 pub use fleet::{ChainRow, ClinicRow, LotRow, PenRow};

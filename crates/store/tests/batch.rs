@@ -208,6 +208,57 @@ async fn a_used_seq_with_other_content_is_a_conflict_not_a_duplicate() {
     assert!(store.cartridge(&unknown, &Scope::All).await.is_err(), "the conflicting session is not applied");
 }
 
+/// Telemetry messages of pen P1 as (seq, digest of their content).
+async fn apply_telemetry_content(store: &Store, messages: &[(u64, i64)]) -> penwarden_store::Effects {
+    let mut batch = IngestBatch { received_ms: 1, ..Default::default() };
+    for (seq, digest) in messages {
+        batch.add_telemetry(&pen("P1"), *seq, *digest, None);
+    }
+    store.apply_batch(&batch, |_| Vec::new()).await.unwrap()
+}
+
+fn conflicts(effects: &penwarden_store::Effects) -> Vec<(u64, i64)> {
+    effects.telemetry_conflicts.iter().map(|(_, message)| (message.seq, message.digest)).collect()
+}
+
+#[tokio::test]
+async fn a_used_telemetry_seq_with_other_content_is_a_conflict_not_a_duplicate() {
+    let (store, _dir) = store().await;
+    let effects = apply_telemetry_content(&store, &[(1, 10), (2, 20), (3, 30)]).await;
+    assert_eq!((effects.duplicate_telemetry, conflicts(&effects)), (0, vec![]));
+    // The same content again is a redelivery, whatever batch it comes in.
+    let effects = apply_telemetry_content(&store, &[(2, 20), (4, 40)]).await;
+    assert_eq!((effects.duplicate_telemetry, conflicts(&effects)), (1, vec![]));
+    // A pen that restarted its counter: seq 1 and 3 again with other samples.
+    let effects = apply_telemetry_content(&store, &[(1, 11), (3, 30), (5, 50)]).await;
+    assert_eq!((effects.duplicate_telemetry, conflicts(&effects)), (1, vec![(1, 11)]));
+    // Within one batch: the first message with a number is the one taken.
+    let effects = apply_telemetry_content(&store, &[(6, 60), (6, 60), (6, 61)]).await;
+    assert_eq!((effects.duplicate_telemetry, conflicts(&effects)), (1, vec![(6, 61)]));
+    // A number an event took is a conflict for telemetry, and the other way round.
+    apply(&store, vec![wipe("P1", 7, 70)]).await;
+    let effects = apply_telemetry_content(&store, &[(7, 70)]).await;
+    assert_eq!(conflicts(&effects), vec![(7, 70)]);
+    let effects = apply(&store, vec![wipe("P1", 4, 70), wipe("P1", 8, 80)]).await;
+    assert_eq!((effects.new_events, effects.seq_conflicts), (1, vec![0]));
+    let mut batch = IngestBatch { received_ms: 1, ..Default::default() };
+    batch.add_telemetry(&pen("P1"), 9, 90, None);
+    batch.events.push(wipe("P1", 9, 90));
+    let effects = store.apply_batch(&batch, |_| Vec::new()).await.unwrap();
+    assert_eq!((conflicts(&effects), effects.seq_conflicts), (vec![], vec![0]), "the telemetry came first");
+}
+
+#[tokio::test]
+async fn telemetry_older_than_the_pen_s_recent_window_cannot_pass_for_a_redelivery() {
+    let (store, _dir) = store().await;
+    let first: Vec<(u64, i64)> = (1..=200).map(|seq| (seq, seq as i64)).collect();
+    apply_telemetry_content(&store, &first).await;
+    // Its content may even be the same: a redelivery never comes from that far back. It
+    // loses nothing in the quarantine, the first delivery is recorded.
+    let effects = apply_telemetry_content(&store, &[(3, 3), (150, 150), (150, 151)]).await;
+    assert_eq!((effects.duplicate_telemetry, conflicts(&effects)), (1, vec![(3, 3), (150, 151)]));
+}
+
 fn state(seq: u64, time: i64, online: bool, firmware: &str) -> PenStateUpdate {
     PenStateUpdate {
         pen: pen("P1"),
@@ -300,7 +351,7 @@ async fn authenticity_expiry_and_retroactive_recall() {
 async fn apply_telemetry(store: &Store, pen_serial: &str, seqs: &[u64]) -> penwarden_store::Effects {
     let mut batch = IngestBatch { received_ms: 1, ..Default::default() };
     for seq in seqs {
-        batch.add_telemetry(&pen(pen_serial), *seq, None);
+        batch.add_telemetry(&pen(pen_serial), *seq, *seq as i64, None);
     }
     store.apply_batch(&batch, |_| Vec::new()).await.unwrap()
 }

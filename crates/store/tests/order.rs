@@ -182,7 +182,7 @@ async fn apply(store: &Store, messages: &[&Message]) {
             }
             Message::Telemetry(pen, seq) => {
                 batch.auto_register.insert(pen.clone());
-                batch.add_telemetry(pen, *seq, None);
+                batch.add_telemetry(pen, *seq, *seq as i64, None);
             }
             Message::State(state) => {
                 batch.auto_register.insert(state.pen.clone());

@@ -285,17 +285,20 @@ async fn alert_latency(stack: &Stack, background_rate: u64, probes: usize) -> se
 /// in flight) sends it, and Mosquitto delivering pensim's fastest load to a bare rumqttc
 /// subscriber at QoS 1.
 async fn ceilings(duration_s: u64) -> serde_json::Value {
-    let influxdb_points_per_s = influxdb_ceiling(duration_s).await;
+    let (influxdb_points_per_s, influxdb_by_window) = influxdb_ceiling(duration_s).await;
     let mosquitto_samples_per_s = mosquitto_ceiling(duration_s).await;
     let result = serde_json::json!({
         "influxdb_points_per_s": round3(influxdb_points_per_s),
+        "influxdb_points_per_s_by_10s": influxdb_by_window.into_iter().map(round3).collect::<Vec<_>>(),
         "mosquitto_samples_per_s": round3(mosquitto_samples_per_s),
     });
     eprintln!("  ceilings: {result}");
     result
 }
 
-async fn influxdb_ceiling(duration_s: u64) -> f64 {
+/// InfluxDB's rate over the whole run, and over each 10 s of it: how it changes as its data
+/// grows (the drain after an overload writes into a database that much larger).
+async fn influxdb_ceiling(duration_s: u64) -> (f64, Vec<f64>) {
     use penwarden_domain::{PenSerial, Sample};
     use penwarden_ingest::decode::Telemetry;
     let influxd = Influxd::start().await;
@@ -314,6 +317,7 @@ async fn influxdb_ceiling(duration_s: u64) -> f64 {
     let mut shutdown = tokio::sync::watch::channel(false).1;
     let started = Instant::now();
     let mut points = 0u64;
+    let (mut window_started, mut window_points, mut by_window) = (Instant::now(), 0u64, Vec::new());
     let mut time_ms = 1_700_000_000_000i64;
     // Batches of 20,000 points (1000 pens × one 20-sample message), one write each.
     while started.elapsed() < Duration::from_secs(duration_s) {
@@ -335,8 +339,13 @@ async fn influxdb_ceiling(duration_s: u64) -> f64 {
         time_ms += 20;
         let report = writer.write(lines.as_str(), None, &mut shutdown).await.expect("write");
         points += report.lines as u64;
+        window_points += report.lines as u64;
+        if window_started.elapsed() >= Duration::from_secs(10) {
+            by_window.push(window_points as f64 / window_started.elapsed().as_secs_f64());
+            (window_started, window_points) = (Instant::now(), 0);
+        }
     }
-    points as f64 / started.elapsed().as_secs_f64()
+    (points as f64 / started.elapsed().as_secs_f64(), by_window)
 }
 
 async fn mosquitto_ceiling(duration_s: u64) -> f64 {

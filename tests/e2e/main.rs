@@ -6,6 +6,7 @@ mod api;
 mod audit;
 mod common;
 mod faults;
+mod instances;
 mod line_protocol;
 mod overload;
 mod pipeline;

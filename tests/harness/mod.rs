@@ -437,6 +437,33 @@ impl Penwarden {
         Penwarden { grpc_addr, process, dir, admin_token, env }
     }
 
+    /// Another instance on `first`'s store and broker, with its own gRPC port, MQTT client id
+    /// and working directory: what a second replica of a deployment is. `extra_env` as for
+    /// [`Penwarden::start`] (give both the same PENWARDEN_MQTT_SHARE_GROUP to split the fleet).
+    pub async fn start_sharing(first: &Penwarden, extra_env: &[(&str, String)]) -> Penwarden {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut env: Vec<(String, String)> = first
+            .env
+            .iter()
+            .filter(|(key, _)| {
+                !["PENWARDEN_GRPC_ADDR", "PENWARDEN_MQTT_CLIENT_ID", "PENWARDEN_METRICS_ADDR"].contains(&key.as_str())
+            })
+            .cloned()
+            .collect();
+        env.push(("PENWARDEN_GRPC_ADDR".into(), grpc_addr.to_string()));
+        env.push(("PENWARDEN_MQTT_CLIENT_ID".into(), format!("penwarden-test-{}", grpc_addr.port())));
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let process = Self::spawn(&env, grpc_addr).await;
+        Penwarden { grpc_addr, process, dir, admin_token: first.admin_token.clone(), env }
+    }
+
+    /// The store URL this instance uses.
+    pub fn store_url(&self) -> String {
+        let url = self.env.iter().rev().find(|(key, _)| key == "PENWARDEN_DATABASE_URL").map(|(_, url)| url.clone());
+        url.expect("every instance is given a store URL")
+    }
+
     /// Creates an API key in this penwarden's store (as an operator would, with the CLI).
     pub fn create_api_key(&self, role: &str, scope: &str) -> String {
         create_api_key(&self.env, role, scope)

@@ -46,6 +46,10 @@ pub struct Options {
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
     pub topic_root: String,
+    /// Several instances on one fleet: each subscribes as a member of this MQTT shared
+    /// subscription group (`$share/GROUP/...`), and the broker hands each message to one of
+    /// them. Each instance still needs its own stable `client_id`. Empty: a plain subscription.
+    pub share_group: String,
     pub keep_alive_s: u64,
     /// MQTT 5 receive maximum: how many QoS 1 messages the broker may send before their acks
     /// come back. Above capacity it is what keeps acks moving (src/mqtt.rs); keep it above
@@ -87,6 +91,7 @@ impl Default for Options {
             tls_cert_file: None,
             tls_key_file: None,
             topic_root: "pw/v1".into(),
+            share_group: String::new(),
             keep_alive_s: 30,
             receive_maximum: 10_000,
             batch_max_messages: 2000,

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use penwarden_transport::{redacted_url, AddressError, MqttAddress};
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Filter, Packet, Publish, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 
 use crate::pipeline::Error;
-use crate::topic::{self, Channel};
+use crate::topic;
 use crate::Options;
 
 /// A publish and the connection it arrived on: acks are only valid on that connection (after
@@ -178,6 +178,8 @@ pub(crate) struct Connection {
     eventloop: EventLoop,
     connection: Arc<AtomicU64>,
     filters: Vec<Filter>,
+    /// The other subscription mode's filters (plain or shared), dropped at each connect.
+    unsubscribe: Vec<String>,
     max_payload_bytes: usize,
 }
 
@@ -212,9 +214,16 @@ impl Connection {
             return Err(Error::Config("a broker password is set but no user name (ingest.username)".into()));
         }
         let (client, mut eventloop) = AsyncClient::new(mqtt, 1 << 16);
-        let filters = Channel::ALL
+        topic::check_share_group(&options.share_group).map_err(Error::Config)?;
+        let (subscribe, unsubscribe) = topic::subscriptions(&options.topic_root, &options.share_group);
+        let filters = subscribe
             .into_iter()
-            .map(|channel| Filter::new(topic::filter(&options.topic_root, channel), QoS::AtLeastOnce))
+            .map(|path| Filter {
+                // Retained state messages come with a new subscription only, not again with
+                // each resubscription (shared subscriptions get none at all: MQTT 5, 3.3.1.3).
+                retain_forward_rule: RetainForwardRule::OnNewSubscribe,
+                ..Filter::new(path, QoS::AtLeastOnce)
+            })
             .collect();
         // The first connection is number 1; each loss (or failed attempt) moves it on (`on_lost`).
         let connection = Arc::new(AtomicU64::new(1));
@@ -224,7 +233,7 @@ impl Connection {
         match first {
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
                 let max_payload_bytes = options.max_payload_bytes;
-                let mut this = Connection { client, eventloop, connection, filters, max_payload_bytes };
+                let mut this = Connection { client, eventloop, connection, filters, unsubscribe, max_payload_bytes };
                 this.on_connected(ack.session_present);
                 Ok(this)
             }
@@ -248,11 +257,18 @@ impl Connection {
             metrics::counter!("penwarden_mqtt_reconnects_total").increment(1);
         }
         tracing::info!(session_present, connection = generation, "connected to MQTT broker");
-        if !session_present {
-            // A fresh session has no subscriptions: (re)subscribe. Non-blocking, since this
-            // runs inside the poll loop that drains the request channel.
-            if let Err(e) = self.client.try_subscribe_many(self.filters.clone()) {
-                tracing::error!(error = %e, "could not queue MQTT subscribe");
+        // Subscribe at every connect, not only to a fresh session: a resumed session may hold
+        // the other mode's subscription (the share group was set or cleared since), which is
+        // dropped here. Resubscribing an existing filter changes nothing. Non-blocking, since
+        // this runs inside the poll loop that drains the request channel.
+        if let Err(e) = self.client.try_subscribe_many(self.filters.clone()) {
+            tracing::error!(error = %e, "could not queue MQTT subscribe");
+        }
+        if session_present {
+            for filter in &self.unsubscribe {
+                if let Err(e) = self.client.try_unsubscribe(filter.clone()) {
+                    tracing::error!(error = %e, filter, "could not queue MQTT unsubscribe");
+                }
             }
         }
     }

@@ -242,13 +242,20 @@ impl Committer {
         let directory = self.store.directory().clone();
         let mut admitted = Vec::with_capacity(messages.len());
         let mut quarantine = Vec::new();
+        let mut directory_checked = false;
         for (index, message) in messages.iter().enumerate() {
-            let decoded = if message.is_cut() {
-                Err(decode::oversized(&self.options.topic_root, &message.topic, message.payload_len, &limits))
-            } else {
-                decode::decode(&self.options.topic_root, &message.topic, &message.payload, received_ms, &limits)
-            };
-            match decoded.and_then(|decoded| self.admit(decoded, index, message.replay_of.is_some(), received_ms)) {
+            let mut outcome = self.decode_and_admit(message, index, received_ms, &limits);
+            if matches!(&outcome, Err(rejection) if rejection.reason == UNREGISTERED_PEN) && !directory_checked {
+                // Another instance sharing the store may have registered the pen since this
+                // one last read the directory: look once per batch before refusing.
+                directory_checked = true;
+                match self.store.refresh_directory().await {
+                    Ok(true) => outcome = self.decode_and_admit(message, index, received_ms, &limits),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not check the pen directory for changes"),
+                }
+            }
+            match outcome {
                 Ok(message) => {
                     let lag_ms = received_ms - message.decoded.device_time_ms();
                     metrics::histogram!("penwarden_ingest_lag_seconds").record(lag_ms as f64 / 1000.0);
@@ -387,6 +394,21 @@ impl Committer {
 
     /// Floods and unknown pens are quarantined (unknown pens are registered on the fly when
     /// auto-registration is on).
+    fn decode_and_admit(
+        &mut self,
+        message: &Incoming,
+        index: usize,
+        received_ms: i64,
+        limits: &decode::Limits,
+    ) -> Result<Admitted, Rejection> {
+        let decoded = if message.is_cut() {
+            Err(decode::oversized(&self.options.topic_root, &message.topic, message.payload_len, limits))
+        } else {
+            decode::decode(&self.options.topic_root, &message.topic, &message.payload, received_ms, limits)
+        };
+        decoded.and_then(|decoded| self.admit(decoded, index, message.replay_of.is_some(), received_ms))
+    }
+
     fn admit(&mut self, decoded: Decoded, index: usize, replay: bool, received_ms: i64) -> Result<Admitted, Rejection> {
         let pen = decoded.pen();
         // Unknown pens first: they get no flood bucket (20,000 made-up serials would otherwise
@@ -395,7 +417,7 @@ impl Committer {
         if self.store.directory().get(pen).is_none() {
             if !self.options.auto_register_pens {
                 return Err(Rejection {
-                    reason: "unregistered_pen",
+                    reason: UNREGISTERED_PEN,
                     detail: format!("pen {pen} is not registered (auto-registration is off)"),
                     pen: Some(pen.to_string()),
                 });
@@ -435,6 +457,8 @@ impl Committer {
         Ok(Admitted { index, decoded, register })
     }
 }
+
+const UNREGISTERED_PEN: &str = "unregistered_pen";
 
 /// A decoded message that passed admission, with its place in the batch.
 struct Admitted {

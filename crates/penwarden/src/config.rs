@@ -131,6 +131,9 @@ impl Config {
         if let Some(v) = var("PENWARDEN_MQTT_CLIENT_ID") {
             self.ingest.client_id = v;
         }
+        if let Some(v) = var("PENWARDEN_MQTT_SHARE_GROUP") {
+            self.ingest.share_group = v;
+        }
         if let Some(v) = var("PENWARDEN_MQTT_USERNAME") {
             self.ingest.username = v;
         }

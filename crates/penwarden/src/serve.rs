@@ -82,6 +82,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let stats = ingest.stats();
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(follow_directory_changes(store.clone(), stop_rx.clone()));
     let api_task = api.spawn(stop_rx.clone())?;
     let mut ingest_task = ingest.spawn(stop_rx, replayed);
     let mqtt = penwarden_ingest::redacted_url(&config.ingest.mqtt_url);
@@ -122,6 +123,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         Err(_) => {
             anyhow::bail!("shutdown took longer than {} s; unacked messages stay with the broker", deadline.as_secs())
+        }
+    }
+}
+
+/// Keeps the in-memory pen directory in step with registrations other instances sharing the
+/// store make: a registration through one instance is used by the others within half a second.
+async fn follow_directory_changes(store: Store, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match store.refresh_directory().await {
+            Ok(true) => tracing::debug!("pen directory read again: another instance changed it"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not check the pen directory for changes; trying again"),
         }
     }
 }

@@ -11,7 +11,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::directory::PenPlacement;
 use crate::seq_runs::{self, SeqRun};
-use crate::{Result, Store};
+use crate::{Result, Store, WRITE_TRANSACTION};
 
 /// A pen's retained birth or death message.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,7 +192,7 @@ impl Store {
         batch: &IngestBatch,
         outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
     ) -> Result<Effects> {
-        let mut tx = sqlx::Connection::begin(&mut **connection).await?;
+        let mut tx = sqlx::Connection::begin_with(&mut **connection, WRITE_TRANSACTION).await?;
         let mut effects = Effects::default();
         let now = batch.received_ms;
 
@@ -328,7 +328,7 @@ impl Store {
 
     /// Quarantines what went wrong after its batch was committed (a line InfluxDB refused).
     pub async fn quarantine(&self, entries: &[QuarantineEntry]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(WRITE_TRANSACTION).await?;
         for entry in entries {
             insert_quarantine(&mut tx, entry).await?;
         }

@@ -2,6 +2,7 @@
 //! message (to quarantine unknown pens and to tag points), so it must not cost a query.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use penwarden_domain::{ChainId, ClinicId, PenSerial};
@@ -17,6 +18,8 @@ pub struct PenPlacement {
 #[derive(Debug, Clone, Default)]
 pub struct PenDirectory {
     pens: Arc<RwLock<HashMap<PenSerial, Arc<PenPlacement>>>>,
+    /// The store's directory version the map was last read at (`Store::refresh_directory`).
+    version: Arc<AtomicI64>,
 }
 
 impl PenDirectory {
@@ -28,8 +31,13 @@ impl PenDirectory {
         self.pens.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pen, Arc::new(placement));
     }
 
-    pub(crate) fn replace_all(&self, pens: HashMap<PenSerial, Arc<PenPlacement>>) {
+    pub(crate) fn replace_all(&self, pens: HashMap<PenSerial, Arc<PenPlacement>>, version: i64) {
         *self.pens.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = pens;
+        self.version.store(version, Ordering::Release);
+    }
+
+    pub(crate) fn version(&self) -> i64 {
+        self.version.load(Ordering::Acquire)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PenSerial, Arc<PenPlacement>>> {

@@ -200,8 +200,26 @@ impl Store {
             .await?)
     }
 
+    /// Reads the pen directory again if the store's directory version moved since it was last
+    /// read (another instance sharing the store registered or moved a pen). Returns whether it
+    /// did. One single-row read when nothing changed: cheap enough to call every half second.
+    pub async fn refresh_directory(&self) -> Result<bool> {
+        let version = self.directory_version().await?;
+        if version == self.directory.version() {
+            return Ok(false);
+        }
+        self.reload_directory().await?;
+        Ok(true)
+    }
+
+    async fn directory_version(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT version FROM directory_version").fetch_one(&self.pool).await?)
+    }
+
     /// Rebuilds the in-memory pen directory from the table (at start, and after clinic moves).
     pub async fn reload_directory(&self) -> Result<()> {
+        // The version first: a change committed between the two reads is read again next time.
+        let version = self.directory_version().await?;
         let rows = sqlx::query("SELECT p.pen_serial, p.clinic_id, c.chain_id, p.model FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id")
             .fetch_all(&self.pool)
             .await?;
@@ -221,7 +239,7 @@ impl Store {
             };
             pens.insert(serial, Arc::new(PenPlacement { clinic, chain, model: row.get(3) }));
         }
-        self.directory.replace_all(pens);
+        self.directory.replace_all(pens, version);
         Ok(())
     }
 }
@@ -429,7 +447,7 @@ impl Store {
         now_ms: i64,
         outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
     ) -> Result<Effects> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(crate::WRITE_TRANSACTION).await?;
         let updated = sqlx::query(
             "UPDATE lots SET recalled_ms = COALESCE(recalled_ms, ?), recall_reason = ? WHERE gtin = ? AND lot = ?",
         )

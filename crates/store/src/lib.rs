@@ -109,6 +109,12 @@ const SQLITE_NOTADB: i32 = 26;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How write transactions begin: with the write lock. A deferred BEGIN reads first and
+/// upgrades at its first write, which fails at once (SQLITE_BUSY, no waiting) when another
+/// process sharing the file committed in between; taking the lock first makes a second
+/// instance on the same file wait its turn (busy_timeout) instead.
+pub(crate) const WRITE_TRANSACTION: &str = "BEGIN IMMEDIATE";
+
 #[derive(Clone)]
 pub struct Store {
     /// For reads: WAL lets them run beside the writer.

@@ -10,7 +10,7 @@ use penwarden_tests::{run_pensim, wait_for, Influxd, Mosquitto, Penwarden};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::common::{injected, pensim_args_injecting, verify_exactly_once, SETTLE};
+use crate::common::{collect_changes, injected, pensim_args_injecting, verify_exactly_once, SETTLE};
 
 const INJECT: &str =
     "reuse=0.1,expired=0.1,recalled=0.1,counterfeit=0.1,overuse=0.1,depth=0.1,gap=0.1,no-disinfect=0.35,service-due=0.3";
@@ -40,15 +40,6 @@ fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
 }
 
 /// Reads changes from a watch stream into `into` until it ends or fails.
-async fn collect_changes(
-    mut stream: tonic::Streaming<api::ViolationChange>,
-    into: Arc<Mutex<Vec<api::ViolationChange>>>,
-) {
-    while let Some(Ok(change)) = stream.next().await {
-        into.lock().unwrap().push(change);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scoped_paged_streamed_traced_and_reported() {
     let mosquitto = Mosquitto::start().await;
@@ -123,7 +114,7 @@ async fn scoped_paged_streamed_traced_and_reported() {
     let key_id = revoked.split('_').nth(1).unwrap().to_owned();
     let status = std::process::Command::new(penwarden_tests::binary("penwarden"))
         .args(["apikey", "revoke", &key_id])
-        .env("PENWARDEN_DATABASE_URL", format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display()))
+        .env("PENWARDEN_DATABASE_URL", penwarden.store_url())
         .status()
         .unwrap();
     assert!(status.success());

@@ -8,7 +8,7 @@ use penwarden_tests::{binary, metric, sqlite_execute, wait_for, Influxd, Mosquit
 use tonic::Code;
 
 fn audit_cli(penwarden: &Penwarden, args: &[&str]) -> (bool, String) {
-    let store = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store = penwarden.store_url();
     let output = std::process::Command::new(binary("penwarden"))
         .arg("audit")
         .args(args)
@@ -123,7 +123,7 @@ async fn every_call_is_chained_and_verify_names_the_entry_that_was_changed() {
     assert_eq!(exported.lines().filter(|line| line.starts_with('{')).count() as i64, count);
 
     // Someone with the database drops the guard triggers and edits entry 4: named exactly.
-    let store = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store = penwarden.store_url();
     sqlite_execute(&store, "DROP TRIGGER audit_log_no_update").await;
     sqlite_execute(&store, "DROP TRIGGER audit_log_no_delete").await;
     let original = events[3].records;

@@ -183,10 +183,20 @@ pub(crate) async fn verify_exactly_once(
 
     let status = penwarden.process.terminate(Duration::from_secs(30));
     assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");
-    let store_url = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
-    let store = penwarden_store::Store::connect(&store_url).await.expect("open the store");
+    let store = penwarden_store::Store::connect(&penwarden.store_url()).await.expect("open the store");
     let recorded = store.event_count().await.expect("count events") as u64;
     assert_eq!(recorded, events, "each event exactly once in the store");
     store.close().await;
     format!("samples={samples} sessions={sessions} events={events} violations={expected:?}")
+}
+
+/// Collects what a WatchViolations stream sends until it ends.
+pub(crate) async fn collect_changes(
+    mut stream: tonic::Streaming<api::ViolationChange>,
+    into: std::sync::Arc<std::sync::Mutex<Vec<api::ViolationChange>>>,
+) {
+    use tokio_stream::StreamExt;
+    while let Some(Ok(change)) = stream.next().await {
+        into.lock().unwrap().push(change);
+    }
 }

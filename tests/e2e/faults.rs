@@ -51,6 +51,33 @@ async fn sigkill_and_sigterm_during_load_lose_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_instances_killed_for_10_s_then_both_at_once_lose_and_duplicate_nothing() {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let mut env = v1_env(&influxd);
+    env.push(("PENWARDEN_MQTT_SHARE_GROUP", "ingest".into()));
+    let mut first = Penwarden::start(&mosquitto.url(), &env).await;
+    let mut second = Penwarden::start_sharing(&first, &[]).await;
+    let pensim = spawn_pensim(&pensim_args(&mosquitto, &first, "catalog", 10, 20, &["--seed", "23"]));
+    // While the second is dead its share queues in its session, for it alone, until it comes
+    // back under its client id.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    second.process.kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    second.restart().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.process.kill();
+    second.process.kill();
+    first.restart().await;
+    second.restart().await;
+    let summary = finish_pensim(pensim).await;
+    let verified = verify_exactly_once(&influxd, &mut first, &summary, false).await;
+    let status = second.process.terminate(Duration::from_secs(30));
+    assert!(status.success(), "penwarden exits 0 on SIGTERM, got {status}");
+    eprintln!("two instances, one SIGKILLed for 10 s, then both: {verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn influxdb_down_for_a_minute_is_spooled_then_replayed() {
     let mosquitto = Mosquitto::start().await;
     let mut influxd = Influxd::start().await;

@@ -1,6 +1,8 @@
 //! Several instances on one store and one broker: each takes a share of the fleet through an
 //! MQTT shared subscription, and together they record exactly what one instance would.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use penwarden_proto::api::v1 as api;
@@ -23,6 +25,15 @@ async fn two_instances_split_one_fleet_and_record_it_exactly_once() {
     ];
     let mut first = Penwarden::start(&mosquitto.url(), &env).await;
     let mut second = Penwarden::start_sharing(&first, &[("PENWARDEN_METRICS_ADDR", metrics[1].clone())]).await;
+    // A watcher on each instance, connected before any traffic: each must see what both raise.
+    let mut watched = Vec::new();
+    for instance in [&first, &second] {
+        let mut compliance = instance.compliance().await;
+        let request = api::WatchViolationsRequest::default();
+        let stream = compliance.watch_violations(request).await.expect("WatchViolations").into_inner();
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        watched.push((changes.clone(), tokio::spawn(common::collect_changes(stream, changes))));
+    }
 
     // pensim registers its fleet through the first instance and publishes at once: the
     // second must know those pens when their messages come to it.
@@ -47,6 +58,27 @@ async fn two_instances_split_one_fleet_and_record_it_exactly_once() {
     let expected = common::injected(&summary);
     common::wait_for_violations(&first, &expected, true).await;
     common::wait_for_violations(&second, &expected, true).await;
+
+    // Each watcher saw every change once, in cursor order, ending in the record's state.
+    let mut record = first.compliance().await;
+    let listed = record.list_violations(api::ListViolationsRequest { page_size: 1000, ..Default::default() });
+    let active: BTreeSet<i64> =
+        listed.await.expect("ListViolations").into_inner().violations.iter().map(|v| v.id).collect();
+    for (changes, _) in &watched {
+        let seen = wait_for("each watcher to see every violation", Duration::from_secs(10), || async {
+            let changes = changes.lock().unwrap().clone();
+            let mut last_state = BTreeMap::new();
+            for change in &changes {
+                let violation = change.violation.as_ref().expect("a change names its violation");
+                last_state.insert(violation.id, violation.retracted_unix_ms == 0);
+            }
+            let seen: BTreeSet<i64> = last_state.iter().filter(|(_, active)| **active).map(|(id, _)| *id).collect();
+            (seen == active).then_some(changes)
+        })
+        .await;
+        let cursors: Vec<i64> = seen.iter().map(|change| change.cursor[1..].parse().expect("cursor c<n>")).collect();
+        assert!(cursors.windows(2).all(|pair| pair[0] < pair[1]), "no change twice, none out of order: {cursors:?}");
+    }
 
     // Each took a share, and neither refused a pen the other registered.
     for addr in &metrics {

@@ -47,7 +47,7 @@ async fn a_pipeline_far_behind_the_broker_keeps_its_connection_and_lands_everyth
 
     // Hold the store's write lock: every batch penwarden tries to commit waits, so what the
     // broker sends piles up in front of the pipeline, far beyond what it holds when healthy.
-    let store_url = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store_url = penwarden.store_url();
     let lock = tokio::spawn(async move {
         use sqlx::{ConnectOptions, Connection};
         let options: sqlx::sqlite::SqliteConnectOptions = store_url.parse().unwrap();

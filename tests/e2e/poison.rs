@@ -120,7 +120,7 @@ async fn a_message_the_store_refuses_is_quarantined_and_the_rest_of_its_batch_co
     let (mosquitto, influxd, mut penwarden, _) = start(&[("P1", "SP-2"), ("P2", "SP-2")]).await;
     // A trigger makes the store refuse one message, always: a deterministic failure that no
     // retry can cure (a constraint, a type, a value the database cannot take).
-    let store_url = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store_url = penwarden.store_url();
     penwarden_tests::sqlite_execute(
         &store_url,
         "CREATE TRIGGER refuse_poison BEFORE INSERT ON pen_events WHEN NEW.session_id = 'poison'
@@ -358,7 +358,7 @@ async fn pensim_numbers_on_in_a_second_run_against_the_same_store() {
     let first = penwarden_tests::run_pensim(&args("1")).await;
     let second = penwarden_tests::run_pensim(&args("2")).await;
     let events = first["event_messages"].as_u64().unwrap() + second["event_messages"].as_u64().unwrap();
-    let store_url = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store_url = penwarden.store_url();
     let recorded = wait_for("both runs' events in the store", Duration::from_secs(60), || async {
         let store = penwarden_store::Store::connect(&store_url).await.ok()?;
         let recorded = store.event_count().await.ok()? as u64;
@@ -373,7 +373,7 @@ async fn pensim_numbers_on_in_a_second_run_against_the_same_store() {
 }
 
 async fn stored_events(penwarden: &Penwarden) -> Option<u64> {
-    let store_url = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store_url = penwarden.store_url();
     let store = penwarden_store::Store::connect(&store_url).await.ok()?;
     let count = store.event_count().await.ok()? as u64;
     store.close().await;

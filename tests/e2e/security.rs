@@ -286,7 +286,7 @@ async fn grpc_over_mutual_tls_and_never_plaintext_beyond_loopback_unless_told() 
 }
 
 fn apikey_cli(penwarden: &Penwarden, args: &[&str]) -> (bool, String, String) {
-    let store = format!("sqlite:{}", penwarden.dir.path().join("penwarden.db").display());
+    let store = penwarden.store_url();
     let output = std::process::Command::new(binary("penwarden"))
         .arg("apikey")
         .args(args)

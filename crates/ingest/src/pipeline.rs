@@ -649,8 +649,9 @@ impl Delivery {
                     }
                     self.stats.points_written.fetch_add(report.lines as u64, Ordering::Relaxed);
                     self.stats.points_rejected.fetch_add(report.rejected_lines as u64, Ordering::Relaxed);
-                    if let Some(last) = outbox.last() {
-                        self.store.delete_outbox(last.id).await?;
+                    if !outbox.is_empty() {
+                        let ids: Vec<i64> = outbox.iter().map(|row| row.id).collect();
+                        self.store.delete_outbox(&ids).await?;
                         let drained: u64 = outbox.iter().map(|row| row.lines.len() as u64).sum();
                         self.spool_bytes = self.spool_bytes.saturating_sub(drained);
                     }

@@ -356,9 +356,17 @@ impl Store {
         Ok(rows.iter().map(|row| OutboxRow { id: row.get(0), lines: row.get(1), created_ms: row.get(2) }).collect())
     }
 
-    /// Forgets outbox rows once InfluxDB has accepted their lines.
-    pub async fn delete_outbox(&self, up_to_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM influx_outbox WHERE id <= ?").bind(up_to_id).execute(&self.writer).await?;
+    /// Forgets outbox rows once InfluxDB has accepted their lines. By id, not "up to an id":
+    /// where ids are handed out before commit (a PostgreSQL sequence), a row with a smaller id
+    /// may become visible only after a bigger one was read, and must not be deleted unread.
+    pub async fn delete_outbox(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM influx_outbox WHERE id IN (SELECT value FROM json_each(?))")
+            .bind(json_array(ids))
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 

@@ -308,8 +308,16 @@ async fn outbox_lines_commit_with_the_batch() {
     assert_eq!(store.outbox_bytes().await.unwrap(), 17 + 8);
     let pending = store.pending_outbox(10).await.unwrap();
     assert_eq!(pending.iter().map(|row| row.created_ms).collect::<Vec<_>>(), [1, 5], "oldest first");
-    store.delete_outbox(pending[1].id).await.unwrap();
+    store.delete_outbox(&[pending[1].id]).await.unwrap();
+    assert_eq!(store.pending_outbox(10).await.unwrap(), [pending[0].clone()], "only the rows named");
+    store.delete_outbox(&[pending[0].id]).await.unwrap();
     assert!(store.pending_outbox(10).await.unwrap().is_empty());
+    // An id is never handed out again: an instance still delivering a deleted row must not
+    // delete a new one by its id.
+    store.spool("m f=4i 4", 6).await.unwrap();
+    let newest = store.pending_outbox(10).await.unwrap();
+    assert!(newest[0].id > pending[1].id, "{newest:?} reuses an id of {pending:?}");
+    store.delete_outbox(&[newest[0].id]).await.unwrap();
     assert_eq!(store.outbox_bytes().await.unwrap(), 0);
 }
 

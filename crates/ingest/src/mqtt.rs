@@ -178,7 +178,8 @@ pub(crate) struct Connection {
     eventloop: EventLoop,
     connection: Arc<AtomicU64>,
     filters: Vec<Filter>,
-    /// The other subscription mode's filters (plain or shared), dropped at each connect.
+    /// The other subscription mode's filters (plain or shared), dropped at the first connect
+    /// that resumes a session.
     unsubscribe: Vec<String>,
     max_payload_bytes: usize,
 }
@@ -264,8 +265,15 @@ impl Connection {
         if let Err(e) = self.client.try_subscribe_many(self.filters.clone()) {
             tracing::error!(error = %e, "could not queue MQTT subscribe");
         }
-        if session_present {
-            for filter in &self.unsubscribe {
+        // Once per process is enough: only a change of configuration, which takes a restart,
+        // leaves the other mode's subscription behind.
+        if session_present && !self.unsubscribe.is_empty() {
+            tracing::info!(
+                filters = ?self.unsubscribe,
+                "dropping subscriptions of the other mode (share group or not) left in the session, if any; \
+                 the broker may answer that none existed"
+            );
+            for filter in std::mem::take(&mut self.unsubscribe) {
                 if let Err(e) = self.client.try_unsubscribe(filter.clone()) {
                     tracing::error!(error = %e, filter, "could not queue MQTT unsubscribe");
                 }

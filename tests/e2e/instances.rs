@@ -101,7 +101,7 @@ async fn two_instances_split_one_fleet_and_record_it_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pen_registered_through_one_instance_is_known_to_the_other_at_once() {
+async fn a_pen_registered_through_one_instance_and_a_revoked_key_hold_for_both() {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
     let env = [
@@ -148,5 +148,24 @@ async fn a_pen_registered_through_one_instance_is_known_to_the_other_at_once() {
         let mut client = instance.quarantine_as(&instance.admin_token).await;
         let listed = client.list_quarantine(api::ListQuarantineRequest::default()).await.unwrap().into_inner();
         assert!(listed.messages.is_empty(), "refused as unregistered: {:?}", listed.messages);
+    }
+
+    // A key revoked in the shared store is refused by every instance once its 5 s cache of
+    // verified keys lets go.
+    let key = first.create_api_key("admin", "");
+    for instance in [&first, &second] {
+        instance.fleet_as(&key).await.list_pens(api::ListPensRequest::default()).await.expect("the key works");
+    }
+    let key_id = key.split('_').nth(1).expect("pwk_<id>_<secret>");
+    let revoked = std::process::Command::new(penwarden_tests::binary("penwarden"))
+        .args(["apikey", "revoke", key_id])
+        .env("PENWARDEN_DATABASE_URL", first.store_url())
+        .output()
+        .expect("run penwarden apikey revoke");
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    for instance in [&first, &second] {
+        let refused = instance.fleet_as(&key).await.list_pens(api::ListPensRequest::default()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     }
 }

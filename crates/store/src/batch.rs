@@ -766,8 +766,6 @@ async fn sessions_judged_by_status(
 // (sqlx caches it) instead of parsing a new multi-row statement for every batch size, and there
 // is no bound-parameter limit to chunk around.
 
-/// Merges the numbers that arrived into each pen's runs of received numbers; returns, per pen,
-/// the lowest and highest number no run held before.
 /// Slots per pen in `telemetry_digests`. A redelivery comes from the broker's in-flight window
 /// (1,000 messages to penwarden in deploy/mosquitto.conf, spread over the fleet), so it is one
 /// of its pen's last few messages; one older than a pen's last 64 would be taken as a conflict
@@ -916,6 +914,8 @@ async fn stored_runs(
     Ok(existing)
 }
 
+/// Merges the numbers that arrived into each pen's runs of received numbers; returns, per pen,
+/// the lowest and highest number no run held before.
 async fn record_received_seqs(
     tx: &mut Transaction<'_, Sqlite>,
     arrived: &BTreeMap<&str, Vec<u64>>,

@@ -468,18 +468,11 @@ impl Store {
         .bind(lot)
         .fetch_all(&mut *tx)
         .await?;
-        let mut effects = Effects::default();
-        for row in &sessions {
-            let (Ok(pen), Ok(session_id)) =
-                (PenSerial::parse(row.get(0)), penwarden_domain::SessionId::parse(row.get(1)))
-            else {
-                continue;
-            };
-            let session = penwarden_domain::compliance::SessionRef { pen, session_id };
-            let judgements = crate::session_rules::judge(&mut tx, &session, &self.thresholds).await?;
-            crate::batch::reconcile(&mut tx, &judgements, now_ms, &mut effects).await?;
-        }
-        crate::batch::insert_outbox(&mut tx, outbox_lines(&effects), now_ms).await?;
+        let sessions: Vec<penwarden_domain::compliance::SessionRef> =
+            sessions.iter().filter_map(|row| crate::batch::stored_session_ref(row.get(0), row.get(1))).collect();
+        let mut record = crate::sqlite_record::SqliteRecord(&mut tx);
+        let effects =
+            crate::record::rejudge_sessions(&mut record, &sessions, &self.thresholds, now_ms, outbox_lines).await?;
         tx.commit().await?;
         self.announce_changes(&effects);
         Ok(effects)

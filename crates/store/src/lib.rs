@@ -10,10 +10,11 @@ mod batch;
 mod directory;
 mod fleet;
 mod queries;
+mod record;
 mod reports;
 mod scope;
 mod seq_runs;
-mod session_rules;
+mod sqlite_record;
 
 pub use apikeys::ApiKeyRow;
 pub use batch::{

@@ -1,5 +1,6 @@
 //! Reads for the API: cartridges, pen sterility, violations.
 
+use crate::record::RecordTx as _;
 use penwarden_domain::access::Scope;
 use penwarden_domain::compliance::{readiness, session_verdict, Rule, Verdict};
 use penwarden_domain::{CartridgeKey, PenSerial};
@@ -230,7 +231,7 @@ impl Store {
         let mut connection = self.pool.acquire().await?;
         // Everything from the last session start on (min_seq beyond any seq: the window's
         // anchor is the pen's last session start).
-        let (facts, _) = crate::batch::pen_window(&mut connection, pen, i64::MAX as u64).await?;
+        let (facts, _) = crate::sqlite_record::SqliteRecord(&mut connection).pen_window(pen, i64::MAX as u64).await?;
         let mut reasons = Vec::new();
         for reason in readiness(pen, &facts) {
             // The last session may be another tenant's, if the pen moved: named only if visible.

@@ -1,8 +1,10 @@
 //! The compliance record, in SQL through sqlx.
 //!
-//! SQLite (embedded, WAL) is the default; the SQL is kept portable for PostgreSQL. The store
-//! applies ingest batches in one transaction each, asks the pure compliance engine for
-//! judgements, and records violations (raised or retracted, never deleted).
+//! The store applies ingest batches in one transaction each, asks the pure compliance engine
+//! for judgements, and records violations (raised or retracted, never deleted). What a batch or
+//! a recall does to the record is written once (`record`), over a trait (`RecordTx`) that a
+//! backend implements with its own SQL; SQLite (embedded, WAL; `sqlite_record`) is the one
+//! built so far.
 
 mod apikeys;
 mod audit;

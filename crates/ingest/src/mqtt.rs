@@ -80,8 +80,24 @@ impl Incoming {
         self.payload.len() < self.payload_len
     }
 
-    /// What acks this message: only the packet id and QoS matter.
-    fn ack(&self) -> Publish {
+    /// What acks this message: its packet id and QoS, on the connection it came on.
+    fn ack(&self) -> PendingAck {
+        PendingAck { pkid: self.pkid, qos: self.qos, connection: self.connection }
+    }
+}
+
+/// An ack waiting for room in the client's request channel. Only what the PUBACK needs: under
+/// overload hundreds of thousands wait (rumqttc sends one request per poll, between reads of
+/// up to ten publishes), and a whole `Publish` each (about 200 bytes) made that 100+ MiB.
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    pkid: u16,
+    qos: QoS,
+    connection: u64,
+}
+
+impl PendingAck {
+    fn publish(&self) -> Publish {
         let mut ack = Publish::new("", self.qos, Vec::new(), None);
         ack.pkid = self.pkid;
         ack
@@ -117,7 +133,7 @@ const PAUSED_POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub(crate) struct Acker {
     client: AsyncClient,
     connection: Arc<AtomicU64>,
-    overflow: std::collections::VecDeque<(Publish, u64)>,
+    overflow: std::collections::VecDeque<PendingAck>,
 }
 
 impl Acker {
@@ -126,15 +142,15 @@ impl Acker {
     pub(crate) fn ack(&mut self, message: &Incoming) {
         self.flush();
         let ack = message.ack();
-        if !self.overflow.is_empty() || !self.try_ack(&ack, message.connection) {
-            self.overflow.push_back((ack, message.connection));
+        if !self.overflow.is_empty() || !self.try_ack(&ack) {
+            self.overflow.push_back(ack);
         }
     }
 
     /// Sends the acks that found no room earlier, oldest first, as far as there is room now.
     pub(crate) fn flush(&mut self) {
-        while let Some((publish, connection)) = self.overflow.front() {
-            if !self.try_ack(publish, *connection) {
+        while let Some(ack) = self.overflow.front() {
+            if !self.try_ack(ack) {
                 break;
             }
             self.overflow.pop_front();
@@ -148,9 +164,9 @@ impl Acker {
 
     /// Waits until every ack is queued; only for shutdown, when the polling task runs freely.
     pub(crate) async fn flush_all(&mut self) {
-        while let Some((publish, connection)) = self.overflow.pop_front() {
-            if connection == self.connection.load(Ordering::Acquire) {
-                if let Err(e) = self.client.ack(&publish).await {
+        while let Some(ack) = self.overflow.pop_front() {
+            if ack.connection == self.connection.load(Ordering::Acquire) {
+                if let Err(e) = self.client.ack(&ack.publish()).await {
                     tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
                 }
             }
@@ -158,11 +174,11 @@ impl Acker {
     }
 
     /// False when the request channel is full (try again later); true when queued or moot.
-    fn try_ack(&self, publish: &Publish, connection: u64) -> bool {
-        if connection != self.connection.load(Ordering::Acquire) {
+    fn try_ack(&self, ack: &PendingAck) -> bool {
+        if ack.connection != self.connection.load(Ordering::Acquire) {
             return true;
         }
-        match self.client.try_ack(publish) {
+        match self.client.try_ack(&ack.publish()) {
             Ok(()) => true,
             Err(rumqttc::v5::ClientError::TryRequest(_)) => false,
             Err(e) => {
@@ -400,5 +416,19 @@ impl Connection {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_ack_keeps_only_what_the_puback_needs() {
+        // Hundreds of thousands wait under overload: a whole Publish each cost 100+ MiB.
+        assert!(std::mem::size_of::<PendingAck>() <= 16, "{}", std::mem::size_of::<PendingAck>());
+        assert!(std::mem::size_of::<Publish>() > 8 * std::mem::size_of::<PendingAck>());
+        let ack = PendingAck { pkid: 7, qos: QoS::AtLeastOnce, connection: 3 }.publish();
+        assert_eq!((ack.pkid, ack.qos, ack.payload.len(), ack.topic.len()), (7, QoS::AtLeastOnce, 0, 0));
     }
 }

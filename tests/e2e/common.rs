@@ -200,3 +200,16 @@ pub(crate) async fn collect_changes(
         into.lock().unwrap().push(change);
     }
 }
+
+/// Runs `penwarden apikey ARGS` on `penwarden`'s store, as an operator would: (success, stdout, stderr).
+pub(crate) fn apikey_cli(penwarden: &Penwarden, args: &[&str]) -> (bool, String, String) {
+    let store = penwarden.store_url();
+    let output = std::process::Command::new(penwarden_tests::binary("penwarden"))
+        .arg("apikey")
+        .args(args)
+        .env("PENWARDEN_DATABASE_URL", store)
+        .output()
+        .expect("run penwarden apikey");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+}

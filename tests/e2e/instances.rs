@@ -157,12 +157,8 @@ async fn a_pen_registered_through_one_instance_and_a_revoked_key_hold_for_both()
         instance.fleet_as(&key).await.list_pens(api::ListPensRequest::default()).await.expect("the key works");
     }
     let key_id = key.split('_').nth(1).expect("pwk_<id>_<secret>");
-    let revoked = std::process::Command::new(penwarden_tests::binary("penwarden"))
-        .args(["apikey", "revoke", key_id])
-        .env("PENWARDEN_DATABASE_URL", first.store_url())
-        .output()
-        .expect("run penwarden apikey revoke");
-    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let (revoked, _, printed) = common::apikey_cli(&first, &["revoke", key_id]);
+    assert!(revoked, "{printed}");
     tokio::time::sleep(Duration::from_millis(5500)).await;
     for instance in [&first, &second] {
         let refused = instance.fleet_as(&key).await.list_pens(api::ListPensRequest::default()).await.unwrap_err();

@@ -285,18 +285,6 @@ async fn grpc_over_mutual_tls_and_never_plaintext_beyond_loopback_unless_told() 
     assert!(penwarden.process.terminate(Duration::from_secs(30)).success());
 }
 
-fn apikey_cli(penwarden: &Penwarden, args: &[&str]) -> (bool, String, String) {
-    let store = penwarden.store_url();
-    let output = std::process::Command::new(binary("penwarden"))
-        .arg("apikey")
-        .args(args)
-        .env("PENWARDEN_DATABASE_URL", store)
-        .output()
-        .expect("run penwarden apikey");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    (output.status.success(), stdout, String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_rotate_with_a_grace_period_and_each_has_a_rate_limit() {
     let mosquitto = Mosquitto::start().await;
@@ -327,7 +315,7 @@ async fn api_keys_rotate_with_a_grace_period_and_each_has_a_rate_limit() {
     let old = penwarden.create_api_key("chain", "chain-1");
     let old_id = old.split('_').nth(1).unwrap().to_owned();
     call(&penwarden, &old).await.unwrap();
-    let (ok, new, printed) = apikey_cli(&penwarden, &["rotate", &old_id, "--grace", "0s"]);
+    let (ok, new, printed) = crate::common::apikey_cli(&penwarden, &["rotate", &old_id, "--grace", "0s"]);
     assert!(ok, "{printed}");
     let new = new.trim().to_owned();
     assert!(new.starts_with("pwk_") && new != old);
@@ -338,7 +326,7 @@ async fn api_keys_rotate_with_a_grace_period_and_each_has_a_rate_limit() {
     call(&penwarden, &new).await.unwrap();
 
     // The list shows the old key expired and when keys were last used; never a secret.
-    let (ok, listed, _) = apikey_cli(&penwarden, &["list"]);
+    let (ok, listed, _) = crate::common::apikey_cli(&penwarden, &["list"]);
     assert!(ok);
     let old_line = listed.lines().find(|line| line.starts_with(&old_id)).unwrap();
     assert!(old_line.contains("expired"), "{old_line}");

@@ -1,6 +1,6 @@
 //! API keys: stored as digests, looked up by key id.
 
-use sqlx::Row;
+use crate::backend::{reading, writing, StoreRow};
 
 use crate::{Error, Result, Store};
 
@@ -26,17 +26,17 @@ impl ApiKeyRow {
     }
 }
 
-fn api_key_row(row: &sqlx::sqlite::SqliteRow) -> ApiKeyRow {
+fn api_key_row(row: &impl StoreRow) -> ApiKeyRow {
     ApiKeyRow {
-        key_id: row.get(0),
-        secret_digest: row.get(1),
-        role: row.get(2),
-        scope: row.get(3),
-        label: row.get(4),
-        created_ms: row.get(5),
-        revoked_ms: row.get(6),
-        expires_ms: row.get(7),
-        last_used_ms: row.get(8),
+        key_id: row.column(0),
+        secret_digest: row.column(1),
+        role: row.column(2),
+        scope: row.column(3),
+        label: row.column(4),
+        created_ms: row.column(5),
+        revoked_ms: row.column(6),
+        expires_ms: row.column(7),
+        last_used_ms: row.column(8),
     }
 }
 
@@ -45,78 +45,92 @@ const API_KEY_COLUMNS: &str =
 
 impl Store {
     pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO api_keys (key_id, secret_digest, role, scope, label, created_ms, expires_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.key_id)
-        .bind(&key.secret_digest)
-        .bind(&key.role)
-        .bind(&key.scope)
-        .bind(&key.label)
-        .bind(key.created_ms)
-        .bind(key.expires_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        writing!(self, pool => {
+            sqlx::query(
+                "INSERT INTO api_keys (key_id, secret_digest, role, scope, label, created_ms, expires_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&key.key_id)
+            .bind(&key.secret_digest)
+            .bind(&key.role)
+            .bind(&key.scope)
+            .bind(&key.label)
+            .bind(key.created_ms)
+            .bind(key.expires_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// The key with this id, revoked or not.
     pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>> {
-        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?");
-        let row = sqlx::query(&sql).bind(key_id).fetch_optional(&self.pool).await?;
-        Ok(row.as_ref().map(api_key_row))
+        reading!(self, pool => {
+            let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_id = $1");
+            let row = sqlx::query(&sql).bind(key_id).fetch_optional(pool).await?;
+            Ok(row.as_ref().map(api_key_row))
+        })
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>> {
-        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_ms, key_id");
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(api_key_row).collect())
+        reading!(self, pool => {
+            let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_ms, key_id");
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            Ok(rows.iter().map(api_key_row).collect())
+        })
     }
 
     /// Makes a key stop working at `expires_ms`, unless it expires sooner already.
     pub async fn expire_api_key(&self, key_id: &str, expires_ms: i64) -> Result<()> {
-        let updated =
-            sqlx::query("UPDATE api_keys SET expires_ms = MIN(COALESCE(expires_ms, ?1), ?1) WHERE key_id = ?2")
-                .bind(expires_ms)
-                .bind(key_id)
-                .execute(&self.writer)
-                .await?
-                .rows_affected();
-        if updated == 0 {
-            return Err(Error::NotFound(format!("API key {key_id}")));
-        }
-        Ok(())
+        writing!(self, pool => {
+            let updated =
+                sqlx::query("UPDATE api_keys SET expires_ms = CASE WHEN expires_ms < $1 THEN expires_ms ELSE $1 END WHERE key_id = $2")
+                    .bind(expires_ms)
+                    .bind(key_id)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+            if updated == 0 {
+                return Err(Error::NotFound(format!("API key {key_id}")));
+            }
+            Ok(())
+        })
     }
 
     /// Records when keys were last used (never moving a time back).
     pub async fn touch_api_keys(&self, used: &[(String, i64)]) -> Result<()> {
-        if used.is_empty() {
-            return Ok(());
-        }
-        let pairs = serde_json::to_string(used).expect("pairs of a string and an integer serialize");
-        sqlx::query(
-            "UPDATE api_keys SET last_used_ms = used.value ->> 1 FROM json_each(?) AS used
-             WHERE api_keys.key_id = used.value ->> 0
-               AND (api_keys.last_used_ms IS NULL OR api_keys.last_used_ms < used.value ->> 1)",
-        )
-        .bind(pairs)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        writing!(self, pool => {
+            if used.is_empty() {
+                return Ok(());
+            }
+            let pairs = serde_json::to_string(used).expect("pairs of a string and an integer serialize");
+            let sql = format!(
+                "UPDATE api_keys SET last_used_ms = CAST(used.value ->> 1 AS BIGINT) FROM {}
+                 WHERE api_keys.key_id = used.value ->> 0
+                   AND (api_keys.last_used_ms IS NULL OR api_keys.last_used_ms < CAST(used.value ->> 1 AS BIGINT))",
+                self.backend.dialect().json_rows(1, "used")
+            );
+            sqlx::query(&sql)
+            .bind(pairs)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Revokes a key for good; revoking it again changes nothing.
     pub async fn revoke_api_key(&self, key_id: &str, now_ms: i64) -> Result<()> {
-        let updated = sqlx::query("UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, ?) WHERE key_id = ?")
-            .bind(now_ms)
-            .bind(key_id)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            return Err(Error::NotFound(format!("API key {key_id}")));
-        }
-        Ok(())
+        writing!(self, pool => {
+            let updated = sqlx::query("UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, $1) WHERE key_id = $2")
+                .bind(now_ms)
+                .bind(key_id)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            if updated == 0 {
+                return Err(Error::NotFound(format!("API key {key_id}")));
+            }
+            Ok(())
+        })
     }
 }

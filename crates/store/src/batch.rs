@@ -1,15 +1,15 @@
-//! Ingest batches and what they ask of the record, and the SQLite store's entry points for
-//! them: each batch in one write transaction (the work itself: `crate::record`).
+//! Ingest batches and what they ask of the record, and the store's entry points for them: each
+//! batch in one write transaction (the work itself: `crate::record`), and the outbox of lines
+//! for InfluxDB.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::backend::{in_record_transaction, reading, writing};
+use crate::directory::PenPlacement;
+use crate::record::RecordTx as _;
+use crate::{Result, Store};
 use penwarden_domain::compliance::{Rule, SessionRef};
 use penwarden_domain::{EventRecord, PenSerial, SessionId};
-use sqlx::{Row, Sqlite};
-
-use crate::directory::PenPlacement;
-use crate::sqlite_record::SqliteRecord;
-use crate::{Result, Store, WRITE_TRANSACTION};
 
 /// A pen's retained birth or death message.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,70 +160,46 @@ impl Store {
         batch: &IngestBatch,
         outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
     ) -> Result<Effects> {
-        let mut connection = self.writer.acquire().await?;
-        match self.apply_batch_on(&mut connection, batch, outbox_lines).await {
-            Ok(effects) => {
-                self.announce_changes(&effects);
-                for pen in &batch.auto_register {
-                    if self.directory.get(pen).is_none() {
-                        self.directory.insert(pen.clone(), PenPlacement::default());
-                    }
-                }
-                Ok(effects)
-            }
-            Err(error) => {
-                // After SQLITE_FULL or an I/O error SQLite may already have rolled the
-                // transaction back, and sqlx's idea of the connection's transaction depth can
-                // then be wrong (the next BEGIN would become a SAVEPOINT that never commits).
-                // The connection is in doubt: close it, the pool opens a fresh one.
-                let _ = sqlx::Connection::close(connection.detach()).await;
-                Err(error)
+        let effects = in_record_transaction!(self, record => {
+            crate::record::apply_batch(record, batch, &self.directory, &self.thresholds, outbox_lines).await?
+        })?;
+        self.announce_changes(&effects);
+        for pen in &batch.auto_register {
+            if self.directory.get(pen).is_none() {
+                self.directory.insert(pen.clone(), PenPlacement::default());
             }
         }
-    }
-
-    async fn apply_batch_on(
-        &self,
-        connection: &mut sqlx::pool::PoolConnection<Sqlite>,
-        batch: &IngestBatch,
-        outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
-    ) -> Result<Effects> {
-        let mut tx = sqlx::Connection::begin_with(&mut **connection, WRITE_TRANSACTION).await?;
-        let mut record = SqliteRecord(&mut tx);
-        let effects =
-            crate::record::apply_batch(&mut record, batch, &self.directory, &self.thresholds, outbox_lines).await?;
-        tx.commit().await?;
         Ok(effects)
     }
 
     /// Quarantines what went wrong after its batch was committed (a line InfluxDB refused).
     pub async fn quarantine(&self, entries: &[QuarantineEntry]) -> Result<()> {
-        let mut tx = self.writer.begin_with(WRITE_TRANSACTION).await?;
-        for entry in entries {
-            insert_quarantine(&mut tx, entry).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        in_record_transaction!(self, record => {
+            for entry in entries {
+                record.insert_quarantine(entry).await?;
+            }
+        })
     }
 
     /// Each pen's highest sequence number received so far.
     pub async fn highest_seqs(&self) -> Result<std::collections::HashMap<PenSerial, u64>> {
-        let rows = sqlx::query("SELECT pen_serial, MAX(last_seq) FROM received_seq_runs GROUP BY pen_serial")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| Some((PenSerial::parse(row.get(0)).ok()?, row.get::<i64, _>(1).max(0) as u64)))
-            .collect())
+        let rows: Vec<(String, i64)> = reading!(self, pool => {
+            sqlx::query_as("SELECT pen_serial, MAX(last_seq) FROM received_seq_runs GROUP BY pen_serial")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().filter_map(|(pen, seq)| Some((PenSerial::parse(&pen).ok()?, seq.max(0) as u64))).collect())
     }
 
     /// Oldest outbox rows first, at most `limit`.
     pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>> {
-        let rows = sqlx::query("SELECT id, lines, created_ms FROM influx_outbox ORDER BY id LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|row| OutboxRow { id: row.get(0), lines: row.get(1), created_ms: row.get(2) }).collect())
+        let rows: Vec<(i64, String, i64)> = reading!(self, pool => {
+            sqlx::query_as("SELECT id, lines, created_ms FROM influx_outbox ORDER BY id LIMIT $1")
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(|(id, lines, created_ms)| OutboxRow { id, lines, created_ms }).collect())
     }
 
     /// Forgets outbox rows once InfluxDB has accepted their lines. By id, not "up to an id":
@@ -233,48 +209,36 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query("DELETE FROM influx_outbox WHERE id IN (SELECT value FROM json_each(?))")
-            .bind(json_array(ids))
-            .execute(&self.writer)
-            .await?;
+        let sql = format!(
+            "DELETE FROM influx_outbox WHERE id IN (SELECT CAST(delivered.value AS BIGINT) FROM {})",
+            self.backend.dialect().json_rows(1, "delivered")
+        );
+        writing!(self, pool => sqlx::query(&sql).bind(json_array(ids)).execute(pool).await.map(|_| ())?);
         Ok(())
     }
 
     /// Spools lines InfluxDB could not take now; they are written before newer ones later.
     pub async fn spool(&self, lines: &str, now_ms: i64) -> Result<()> {
-        sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES (?, ?)")
-            .bind(lines)
-            .bind(now_ms)
-            .execute(&self.writer)
-            .await?;
+        writing!(self, pool => {
+            sqlx::query("INSERT INTO influx_outbox (lines, created_ms) VALUES ($1, $2)")
+                .bind(lines)
+                .bind(now_ms)
+                .execute(pool)
+                .await
+                .map(|_| ())?
+        });
         Ok(())
     }
 
     /// Bytes of line protocol waiting in the outbox (a full scan: call at start, then track).
     pub async fn outbox_bytes(&self) -> Result<u64> {
-        let bytes: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(LENGTH(lines)), 0) FROM influx_outbox")
-            .fetch_one(&self.pool)
-            .await?;
+        let bytes: i64 = reading!(self, pool => {
+            sqlx::query_scalar("SELECT CAST(COALESCE(SUM(LENGTH(lines)), 0) AS BIGINT) FROM influx_outbox")
+                .fetch_one(pool)
+                .await?
+        });
         Ok(bytes.max(0) as u64)
     }
-}
-
-pub(crate) async fn insert_quarantine(connection: &mut sqlx::SqliteConnection, entry: &QuarantineEntry) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO quarantine (received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len, payload)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(entry.received_ms)
-    .bind(&entry.topic)
-    .bind(&entry.pen)
-    .bind(entry.reason)
-    .bind(&entry.detail)
-    .bind(&entry.payload_excerpt)
-    .bind(entry.payload_len as i64)
-    .bind(entry.payload.as_deref())
-    .execute(connection)
-    .await?;
-    Ok(())
 }
 
 /// Lines waiting for InfluxDB: derived points, and telemetry spooled during an outage.
@@ -285,12 +249,8 @@ pub struct OutboxRow {
     pub created_ms: i64,
 }
 
-// The per-pen statements below bind the whole batch as one JSON array and read it back with
-// json_each: the SQL text never changes, so SQLite prepares each statement once per connection
-// (sqlx caches it) instead of parsing a new multi-row statement for every batch size, and there
-// is no bound-parameter limit to chunk around.
-
-/// Rows as a JSON array of arrays, for `json_each`.
+/// Rows as a JSON array of arrays, for `Dialect::json_rows`: one statement text for any number
+/// of rows, which each connection prepares once (sqlx caches it).
 pub(crate) fn json_array<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("tuples of strings and integers always serialize")
 }

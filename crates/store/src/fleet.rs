@@ -7,8 +7,9 @@ use penwarden_domain::access::Scope;
 use penwarden_domain::ids::OperatorId;
 use penwarden_domain::ownership::GtinAssignment;
 use penwarden_domain::{ChainId, ClinicId, PenSerial};
-use sqlx::{QueryBuilder, Row};
+use sqlx::QueryBuilder;
 
+use crate::backend::{in_record_transaction, reading, writing, Column, StoreRow};
 use crate::scope::push_pen_scope;
 
 use crate::directory::PenPlacement;
@@ -44,38 +45,42 @@ pub struct PenRow {
 }
 
 const PEN_COLUMNS: &str = "p.pen_serial, p.clinic_id, c.chain_id, p.model, p.firmware, p.online, p.last_seen_ms, p.battery_pct, p.motor_hours, p.manufacturer_id,
-    MAX(COALESCE((SELECT MAX(r.last_seq) FROM received_seq_runs r WHERE r.pen_serial = p.pen_serial), 0),
-        COALESCE((SELECT MAX(t.seq) FROM pen_states t WHERE t.pen_serial = p.pen_serial), 0))";
+    (SELECT MAX(seq) FROM (
+        SELECT COALESCE((SELECT MAX(r.last_seq) FROM received_seq_runs r WHERE r.pen_serial = p.pen_serial), 0) AS seq
+        UNION ALL
+        SELECT COALESCE((SELECT MAX(t.seq) FROM pen_states t WHERE t.pen_serial = p.pen_serial), 0)) AS highest)";
 
-fn pen_row(row: &sqlx::sqlite::SqliteRow) -> PenRow {
+fn pen_row(row: &impl StoreRow) -> PenRow {
     PenRow {
-        pen_serial: row.get(0),
-        clinic_id: row.get(1),
-        chain_id: row.get(2),
-        model: row.get(3),
-        firmware: row.get(4),
-        online: row.get(5),
-        last_seen_ms: row.get(6),
-        battery_pct: row.get(7),
-        motor_hours: row.get(8),
-        manufacturer_id: row.get(9),
-        last_seq: row.get::<i64, _>(10).max(0) as u64,
+        pen_serial: row.column(0),
+        clinic_id: row.column(1),
+        chain_id: row.column(2),
+        model: row.column(3),
+        firmware: row.column(4),
+        online: row.column(5),
+        last_seen_ms: row.column(6),
+        battery_pct: row.column(7),
+        motor_hours: row.column(8),
+        manufacturer_id: row.column(9),
+        last_seq: Column::<i64>::column(row, 10).max(0) as u64,
     }
 }
 
 impl Store {
     /// Creates a chain, or renames it if it exists (registration is idempotent).
     pub async fn register_chain(&self, chain: &ChainId, name: &str, now_ms: i64) -> Result<ChainRow> {
-        sqlx::query(
-            "INSERT INTO chains (chain_id, name, created_ms) VALUES (?, ?, ?)
-             ON CONFLICT (chain_id) DO UPDATE SET name = excluded.name",
-        )
-        .bind(chain.as_str())
-        .bind(name)
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(ChainRow { chain_id: chain.to_string(), name: name.to_owned() })
+        writing!(self, pool => {
+            sqlx::query(
+                "INSERT INTO chains (chain_id, name, created_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (chain_id) DO UPDATE SET name = excluded.name",
+            )
+            .bind(chain.as_str())
+            .bind(name)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(ChainRow { chain_id: chain.to_string(), name: name.to_owned() })
+        })
     }
 
     /// Creates a clinic in an existing chain, or updates it.
@@ -86,26 +91,28 @@ impl Store {
         name: &str,
         now_ms: i64,
     ) -> Result<ClinicRow> {
-        let chain_exists = sqlx::query("SELECT 1 FROM chains WHERE chain_id = ?")
+        writing!(self, pool => {
+            let chain_exists = sqlx::query("SELECT 1 FROM chains WHERE chain_id = $1")
+                .bind(chain.as_str())
+                .fetch_optional(pool)
+                .await?
+                .is_some();
+            if !chain_exists {
+                return Err(Error::NotFound(format!("chain {chain}")));
+            }
+            sqlx::query(
+                "INSERT INTO clinics (clinic_id, chain_id, name, created_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (clinic_id) DO UPDATE SET chain_id = excluded.chain_id, name = excluded.name",
+            )
+            .bind(clinic.as_str())
             .bind(chain.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
-        if !chain_exists {
-            return Err(Error::NotFound(format!("chain {chain}")));
-        }
-        sqlx::query(
-            "INSERT INTO clinics (clinic_id, chain_id, name, created_ms) VALUES (?, ?, ?, ?)
-             ON CONFLICT (clinic_id) DO UPDATE SET chain_id = excluded.chain_id, name = excluded.name",
-        )
-        .bind(clinic.as_str())
-        .bind(chain.as_str())
-        .bind(name)
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await?;
-        self.reload_directory().await?;
-        Ok(ClinicRow { clinic_id: clinic.to_string(), chain_id: chain.to_string(), name: name.to_owned() })
+            .bind(name)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            self.reload_directory().await?;
+            Ok(ClinicRow { clinic_id: clinic.to_string(), chain_id: chain.to_string(), name: name.to_owned() })
+        })
     }
 
     /// Registers a pen (or re-assigns it) to a clinic; `clinic` may be `None` for stock pens.
@@ -117,46 +124,50 @@ impl Store {
         manufacturer_id: &str,
         now_ms: i64,
     ) -> Result<PenRow> {
-        let chain: Option<String> = match clinic {
-            Some(clinic) => Some(
-                sqlx::query_scalar("SELECT chain_id FROM clinics WHERE clinic_id = ?")
-                    .bind(clinic.as_str())
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("clinic {clinic}")))?,
-            ),
-            None => None,
-        };
-        sqlx::query(
-            "INSERT INTO pens (pen_serial, clinic_id, model, manufacturer_id, registered_ms) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (pen_serial) DO UPDATE SET clinic_id = excluded.clinic_id,
-                 model = CASE WHEN excluded.model = '' THEN pens.model ELSE excluded.model END,
-                 manufacturer_id = COALESCE(excluded.manufacturer_id, pens.manufacturer_id),
-                 auto_registered = FALSE",
-        )
-        .bind(pen.as_str())
-        .bind(clinic.map(ClinicId::as_str))
-        .bind(model)
-        .bind((!manufacturer_id.is_empty()).then_some(manufacturer_id))
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await?;
-        let chain = chain.map(|c| ChainId::parse(&c)).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
-        let row = self.pen(pen).await?;
-        self.directory.insert(pen.clone(), PenPlacement { clinic: clinic.cloned(), chain, model: row.model.clone() });
-        Ok(row)
+        writing!(self, pool => {
+            let chain: Option<String> = match clinic {
+                Some(clinic) => Some(
+                    sqlx::query_scalar("SELECT chain_id FROM clinics WHERE clinic_id = $1")
+                        .bind(clinic.as_str())
+                        .fetch_optional(pool)
+                        .await?
+                        .ok_or_else(|| Error::NotFound(format!("clinic {clinic}")))?,
+                ),
+                None => None,
+            };
+            sqlx::query(
+                "INSERT INTO pens (pen_serial, clinic_id, model, manufacturer_id, registered_ms) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (pen_serial) DO UPDATE SET clinic_id = excluded.clinic_id,
+                     model = CASE WHEN excluded.model = '' THEN pens.model ELSE excluded.model END,
+                     manufacturer_id = COALESCE(excluded.manufacturer_id, pens.manufacturer_id),
+                     auto_registered = FALSE",
+            )
+            .bind(pen.as_str())
+            .bind(clinic.map(ClinicId::as_str))
+            .bind(model)
+            .bind((!manufacturer_id.is_empty()).then_some(manufacturer_id))
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            let chain = chain.map(|c| ChainId::parse(&c)).transpose().map_err(|e| Error::Invalid(e.to_string()))?;
+            let row = self.pen(pen).await?;
+            self.directory.insert(pen.clone(), PenPlacement { clinic: clinic.cloned(), chain, model: row.model.clone() });
+            Ok(row)
+        })
     }
 
     pub async fn pen(&self, pen: &PenSerial) -> Result<PenRow> {
-        let sql = format!(
-            "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE p.pen_serial = ?"
-        );
-        let row = sqlx::query(&sql)
-            .bind(pen.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("pen {pen}")))?;
-        Ok(pen_row(&row))
+        reading!(self, pool => {
+            let sql = format!(
+                "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE p.pen_serial = $1"
+            );
+            let row = sqlx::query(&sql)
+                .bind(pen.as_str())
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("pen {pen}")))?;
+            Ok(pen_row(&row))
+        })
     }
 
     /// Pens `scope` may see, optionally only those of one clinic and/or chain, by serial.
@@ -166,38 +177,44 @@ impl Store {
         chain: Option<&ChainId>,
         scope: &Scope,
     ) -> Result<Vec<PenRow>> {
-        let mut query = QueryBuilder::new(format!(
-            "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE 1 = 1"
-        ));
-        if let Some(clinic) = clinic {
-            query.push(" AND p.clinic_id = ").push_bind(clinic.as_str());
-        }
-        if let Some(chain) = chain {
-            query.push(" AND c.chain_id = ").push_bind(chain.as_str());
-        }
-        push_pen_scope(&mut query, scope);
-        query.push(" ORDER BY p.pen_serial");
-        let rows = query.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(pen_row).collect())
+        reading!(self, pool => {
+            let mut query = QueryBuilder::new(format!(
+                "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE 1 = 1"
+            ));
+            if let Some(clinic) = clinic {
+                query.push(" AND p.clinic_id = ").push_bind(clinic.as_str());
+            }
+            if let Some(chain) = chain {
+                query.push(" AND c.chain_id = ").push_bind(chain.as_str());
+            }
+            push_pen_scope(&mut query, scope);
+            query.push(" ORDER BY p.pen_serial");
+            let rows = query.build().fetch_all(pool).await?;
+            Ok(rows.iter().map(pen_row).collect())
+        })
     }
 
     /// The pen, if `scope` may see it; "not found" otherwise, as if it did not exist.
     pub async fn pen_in_scope(&self, pen: &PenSerial, scope: &Scope) -> Result<PenRow> {
-        let mut query = QueryBuilder::new(format!(
-            "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE p.pen_serial = "
-        ));
-        query.push_bind(pen.as_str());
-        push_pen_scope(&mut query, scope);
-        let row = query.build().fetch_optional(&self.pool).await?;
-        row.as_ref().map(pen_row).ok_or_else(|| Error::NotFound(format!("pen {pen}")))
+        reading!(self, pool => {
+            let mut query = QueryBuilder::new(format!(
+                "SELECT {PEN_COLUMNS} FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id WHERE p.pen_serial = "
+            ));
+            query.push_bind(pen.as_str());
+            push_pen_scope(&mut query, scope);
+            let row = query.build().fetch_optional(pool).await?;
+            row.as_ref().map(pen_row).ok_or_else(|| Error::NotFound(format!("pen {pen}")))
+        })
     }
 
     /// The chain a clinic belongs to, if the clinic is registered.
     pub async fn clinic_chain(&self, clinic: &ClinicId) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT chain_id FROM clinics WHERE clinic_id = ?")
-            .bind(clinic.as_str())
-            .fetch_optional(&self.pool)
-            .await?)
+        reading!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT chain_id FROM clinics WHERE clinic_id = $1")
+                .bind(clinic.as_str())
+                .fetch_optional(pool)
+                .await?)
+        })
     }
 
     /// Reads the pen directory again if the store's directory version moved since it was last
@@ -213,34 +230,38 @@ impl Store {
     }
 
     async fn directory_version(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT version FROM directory_version").fetch_one(&self.pool).await?)
+        reading!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT version FROM directory_version").fetch_one(pool).await?)
+        })
     }
 
     /// Rebuilds the in-memory pen directory from the table (at start, and after clinic moves).
     pub async fn reload_directory(&self) -> Result<()> {
-        // The version first: a change committed between the two reads is read again next time.
-        let version = self.directory_version().await?;
-        let rows = sqlx::query("SELECT p.pen_serial, p.clinic_id, c.chain_id, p.model FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut pens = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let serial: String = row.get(0);
-            let clinic: Option<String> = row.get(1);
-            let chain: Option<String> = row.get(2);
-            // Rows were validated on the way in; a row that no longer parses is skipped loudly.
-            let (Ok(serial), Ok(clinic), Ok(chain)) = (
-                PenSerial::parse(&serial),
-                clinic.as_deref().map(ClinicId::parse).transpose(),
-                chain.as_deref().map(ChainId::parse).transpose(),
-            ) else {
-                tracing::warn!(pen = %serial, "pen row with invalid identifiers left out of the directory");
-                continue;
-            };
-            pens.insert(serial, Arc::new(PenPlacement { clinic, chain, model: row.get(3) }));
-        }
-        self.directory.replace_all(pens, version);
-        Ok(())
+        reading!(self, pool => {
+            // The version first: a change committed between the two reads is read again next time.
+            let version = self.directory_version().await?;
+            let rows = sqlx::query("SELECT p.pen_serial, p.clinic_id, c.chain_id, p.model FROM pens p LEFT JOIN clinics c ON c.clinic_id = p.clinic_id")
+                .fetch_all(pool)
+                .await?;
+            let mut pens = HashMap::with_capacity(rows.len());
+            for row in rows {
+                let serial: String = row.column(0);
+                let clinic: Option<String> = row.column(1);
+                let chain: Option<String> = row.column(2);
+                // Rows were validated on the way in; a row that no longer parses is skipped loudly.
+                let (Ok(serial), Ok(clinic), Ok(chain)) = (
+                    PenSerial::parse(&serial),
+                    clinic.as_deref().map(ClinicId::parse).transpose(),
+                    chain.as_deref().map(ChainId::parse).transpose(),
+                ) else {
+                    tracing::warn!(pen = %serial, "pen row with invalid identifiers left out of the directory");
+                    continue;
+                };
+                pens.insert(serial, Arc::new(PenPlacement { clinic, chain, model: row.column(3) }));
+            }
+            self.directory.replace_all(pens, version);
+            Ok(())
+        })
     }
 }
 
@@ -319,21 +340,23 @@ pub struct LotRow {
 impl Store {
     /// Registers (or updates) a lot with the manufacturer's Ed25519 public key.
     pub async fn register_lot(&self, lot: &LotRow, now_ms: i64) -> Result<LotRow> {
-        penwarden_domain::compliance::check_manufacturer_key(&lot.public_key).map_err(Error::Invalid)?;
-        sqlx::query(
-            "INSERT INTO lots (gtin, lot, expiry, manufacturer_id, public_key, registered_ms) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (gtin, lot) DO UPDATE SET expiry = excluded.expiry,
-                 manufacturer_id = excluded.manufacturer_id, public_key = excluded.public_key",
-        )
-        .bind(&lot.gtin)
-        .bind(&lot.lot)
-        .bind(&lot.expiry)
-        .bind(&lot.manufacturer_id)
-        .bind(&lot.public_key)
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(lot.clone())
+        writing!(self, pool => {
+            penwarden_domain::compliance::check_manufacturer_key(&lot.public_key).map_err(Error::Invalid)?;
+            sqlx::query(
+                "INSERT INTO lots (gtin, lot, expiry, manufacturer_id, public_key, registered_ms) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (gtin, lot) DO UPDATE SET expiry = excluded.expiry,
+                     manufacturer_id = excluded.manufacturer_id, public_key = excluded.public_key",
+            )
+            .bind(&lot.gtin)
+            .bind(&lot.lot)
+            .bind(&lot.expiry)
+            .bind(&lot.manufacturer_id)
+            .bind(&lot.public_key)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(lot.clone())
+        })
     }
 
     /// A registered lot, if any.
@@ -347,25 +370,27 @@ impl Store {
         gtin: &str,
         lot: &str,
     ) -> Result<Option<(LotRow, Option<String>)>> {
-        let row = sqlx::query(
-            "SELECT gtin, lot, expiry, manufacturer_id, public_key, recalled_ms, recall_reason FROM lots
-             WHERE gtin = ? AND lot = ?",
-        )
-        .bind(gtin)
-        .bind(lot)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|row| {
-            let lot = LotRow {
-                gtin: row.get(0),
-                lot: row.get(1),
-                expiry: row.get(2),
-                manufacturer_id: row.get(3),
-                public_key: row.get(4),
-                recalled_ms: row.get(5),
-            };
-            (lot, row.get(6))
-        }))
+        reading!(self, pool => {
+            let row = sqlx::query(
+                "SELECT gtin, lot, expiry, manufacturer_id, public_key, recalled_ms, recall_reason FROM lots
+                 WHERE gtin = $1 AND lot = $2",
+            )
+            .bind(gtin)
+            .bind(lot)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(|row| {
+                let lot = LotRow {
+                    gtin: row.column(0),
+                    lot: row.column(1),
+                    expiry: row.column(2),
+                    manufacturer_id: row.column(3),
+                    public_key: row.column(4),
+                    recalled_ms: row.column(5),
+                };
+                (lot, row.column(6))
+            }))
+        })
     }
 
     /// Registers (or updates) an operator's licence level (1 to 3).
@@ -378,63 +403,73 @@ impl Store {
         owner: Option<&ChainId>,
         now_ms: i64,
     ) -> Result<()> {
-        if !(1..=3).contains(&licence_level) {
-            return Err(Error::Invalid(format!("licence_level must be 1, 2 or 3, got {licence_level}")));
-        }
-        sqlx::query(
-            "INSERT INTO operators (operator_id, licence_level, owner_chain_id, registered_ms) VALUES (?, ?, ?, ?)
-             ON CONFLICT (operator_id) DO UPDATE SET licence_level = excluded.licence_level",
-        )
-        .bind(operator.as_str())
-        .bind(i64::from(licence_level))
-        .bind(owner.map(ChainId::as_str))
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        writing!(self, pool => {
+            if !(1..=3).contains(&licence_level) {
+                return Err(Error::Invalid(format!("licence_level must be 1, 2 or 3, got {licence_level}")));
+            }
+            sqlx::query(
+                "INSERT INTO operators (operator_id, licence_level, owner_chain_id, registered_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (operator_id) DO UPDATE SET licence_level = excluded.licence_level",
+            )
+            .bind(operator.as_str())
+            .bind(i64::from(licence_level))
+            .bind(owner.map(ChainId::as_str))
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// The owner of a registered operator: None if it is not registered, Some(None) if an
     /// admin registered it, Some(Some(chain)) if a chain did.
     pub async fn operator_owner(&self, operator: &OperatorId) -> Result<Option<Option<String>>> {
-        Ok(sqlx::query_scalar("SELECT owner_chain_id FROM operators WHERE operator_id = ?")
-            .bind(operator.as_str())
-            .fetch_optional(&self.pool)
-            .await?)
+        reading!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT owner_chain_id FROM operators WHERE operator_id = $1")
+                .bind(operator.as_str())
+                .fetch_optional(pool)
+                .await?)
+        })
     }
 
     /// Every GTIN and company prefix assigned to a manufacturer (a few per manufacturer): the
     /// domain's ownership rules decide which of them cover a GTIN.
     pub async fn gtin_assignments(&self) -> Result<Vec<GtinAssignment>> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT prefix, manufacturer_id FROM gtin_assignments ORDER BY prefix")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(|(prefix, manufacturer)| GtinAssignment { prefix, manufacturer }).collect())
+        reading!(self, pool => {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT prefix, manufacturer_id FROM gtin_assignments ORDER BY prefix")
+                    .fetch_all(pool)
+                    .await?;
+            Ok(rows.into_iter().map(|(prefix, manufacturer)| GtinAssignment { prefix, manufacturer }).collect())
+        })
     }
 
     /// Assigns a GTIN or company prefix to a manufacturer (the caller has checked overlaps).
     pub async fn assign_gtin(&self, assignment: &GtinAssignment, now_ms: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO gtin_assignments (prefix, manufacturer_id, assigned_ms) VALUES (?, ?, ?)
-             ON CONFLICT (prefix) DO UPDATE SET manufacturer_id = excluded.manufacturer_id",
-        )
-        .bind(&assignment.prefix)
-        .bind(&assignment.manufacturer)
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        writing!(self, pool => {
+            sqlx::query(
+                "INSERT INTO gtin_assignments (prefix, manufacturer_id, assigned_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (prefix) DO UPDATE SET manufacturer_id = excluded.manufacturer_id",
+            )
+            .bind(&assignment.prefix)
+            .bind(&assignment.manufacturer)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// The manufacturers of the lots registered under GTINs `prefix` covers.
     pub async fn lot_manufacturers_under(&self, prefix: &str) -> Result<Vec<String>> {
-        let sql = if prefix.len() == 14 {
-            "SELECT DISTINCT manufacturer_id FROM lots WHERE gtin = ?"
-        } else {
-            "SELECT DISTINCT manufacturer_id FROM lots WHERE substr(gtin, 2, length(?1)) = ?1"
-        };
-        Ok(sqlx::query_scalar(sql).bind(prefix).fetch_all(&self.pool).await?)
+        reading!(self, pool => {
+            let sql = if prefix.len() == 14 {
+                "SELECT DISTINCT manufacturer_id FROM lots WHERE gtin = $1"
+            } else {
+                "SELECT DISTINCT manufacturer_id FROM lots WHERE substr(gtin, 2, length($1)) = $1"
+            };
+            Ok(sqlx::query_scalar(sql).bind(prefix).fetch_all(pool).await?)
+        })
     }
 
     /// Recalls a lot. Retroactive: every session that ever used it is judged again and gets a
@@ -447,33 +482,10 @@ impl Store {
         now_ms: i64,
         outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
     ) -> Result<Effects> {
-        let mut tx = self.writer.begin_with(crate::WRITE_TRANSACTION).await?;
-        let updated = sqlx::query(
-            "UPDATE lots SET recalled_ms = COALESCE(recalled_ms, ?), recall_reason = ? WHERE gtin = ? AND lot = ?",
-        )
-        .bind(now_ms)
-        .bind(reason)
-        .bind(gtin)
-        .bind(lot)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(Error::NotFound(format!("lot {lot} of GTIN {gtin}")));
-        }
-        let sessions = sqlx::query(
-            "SELECT pen_serial, session_id FROM sessions WHERE cartridge_gtin = ? AND cartridge_lot = ? AND started_ms IS NOT NULL",
-        )
-        .bind(gtin)
-        .bind(lot)
-        .fetch_all(&mut *tx)
-        .await?;
-        let sessions: Vec<penwarden_domain::compliance::SessionRef> =
-            sessions.iter().filter_map(|row| crate::batch::stored_session_ref(row.get(0), row.get(1))).collect();
-        let mut record = crate::sqlite_record::SqliteRecord(&mut tx);
-        let effects =
-            crate::record::rejudge_sessions(&mut record, &sessions, &self.thresholds, now_ms, outbox_lines).await?;
-        tx.commit().await?;
+        let effects = in_record_transaction!(self, record => {
+            crate::record::recall_lot(record, (gtin, lot), reason, &self.thresholds, now_ms, outbox_lines).await?
+        })?
+        .ok_or_else(|| Error::NotFound(format!("lot {lot} of GTIN {gtin}")))?;
         self.announce_changes(&effects);
         Ok(effects)
     }

@@ -1,24 +1,29 @@
-//! The compliance record, in SQL through sqlx.
+//! The compliance record, in SQL through sqlx, on SQLite (embedded, one box) or PostgreSQL
+//! (shared by several instances), chosen by the store URL.
 //!
 //! The store applies ingest batches in one transaction each, asks the pure compliance engine
 //! for judgements, and records violations (raised or retracted, never deleted). What a batch or
-//! a recall does to the record is written once (`record`), over a trait (`RecordTx`) that a
-//! backend implements with its own SQL; SQLite (embedded, WAL; `sqlite_record`) is the one
-//! built so far.
+//! a recall does to the record is written once (`record`), over a trait (`RecordTx`) that each
+//! backend implements (`record_sql`). SQL that both dialects read alike is written once and
+//! compiled for each backend's driver (`backend::reading!`, `record_sql`); where the dialects
+//! differ, each says it its own way (`backend::Dialect`).
 
 mod apikeys;
 mod audit;
+mod backend;
 mod batch;
 mod directory;
 mod fleet;
 mod queries;
 mod record;
+mod record_sql;
 mod reports;
 mod scope;
+pub mod scratch;
 mod seq_runs;
-mod sqlite_record;
 
 pub use apikeys::ApiKeyRow;
+pub use backend::{redact_url, BackendKind};
 pub use batch::{
     Effects, EndedSession, IngestBatch, OutboxRow, PenStateUpdate, PenTelemetry, QuarantineEntry, RaisedViolation,
     StatusReport, TelemetryMessage,
@@ -31,16 +36,13 @@ pub use queries::{
 };
 pub use reports::{ComplianceReportView, LotClinicUse, LotTrace, ReportFilter};
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use backend::Backend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unsupported database URL {0:?}: expected sqlite:PATH")]
+    #[error("unsupported database URL {0:?}: expected sqlite:PATH or postgres://HOST/DATABASE")]
     UnsupportedUrl(String),
+    /// `url` is redacted: a password in it is never shown.
     #[error("cannot open database {url}: {source}")]
     Open { url: String, source: sqlx::Error },
     #[error("cannot apply migrations: {0}")]
@@ -55,77 +57,23 @@ pub enum Error {
 
 impl Error {
     /// True when the database itself is failing (busy, locked, full disk, I/O, connection
-    /// lost), so retrying later may help. Anything else (a constraint, a type, a statement the
-    /// data makes fail) fails the same way every time: ingest then finds the message that
-    /// causes it and quarantines it instead of retrying for ever.
+    /// lost, a transaction chosen as a deadlock victim), so retrying later may help. Anything
+    /// else (a constraint, a type, a statement the data makes fail) fails the same way every
+    /// time: ingest then finds the message that causes it and quarantines it instead of
+    /// retrying for ever.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Database(error) => is_transient(error),
+            Error::Database(error) => backend::is_transient(error),
             _ => false,
         }
     }
 }
 
-fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(database) => {
-            // SQLite's primary result code is the low byte of the extended one.
-            let primary = database.code().and_then(|code| code.parse::<i32>().ok()).map(|code| code & 0xff);
-            matches!(
-                primary,
-                Some(
-                    SQLITE_BUSY
-                        | SQLITE_LOCKED
-                        | SQLITE_NOMEM
-                        | SQLITE_READONLY
-                        | SQLITE_IOERR
-                        | SQLITE_CORRUPT
-                        | SQLITE_FULL
-                        | SQLITE_CANTOPEN
-                        | SQLITE_PROTOCOL
-                        | SQLITE_NOTADB
-                )
-            )
-        }
-        _ => false,
-    }
-}
-
-// SQLite's primary result codes (https://www.sqlite.org/rescode.html) that say the database
-// or its disk is failing, not the data. READONLY, CORRUPT and NOTADB are not passing states,
-// but quarantining every message because of them would be worse than waiting for an operator.
-const SQLITE_BUSY: i32 = 5;
-const SQLITE_LOCKED: i32 = 6;
-const SQLITE_NOMEM: i32 = 7;
-const SQLITE_READONLY: i32 = 8;
-const SQLITE_IOERR: i32 = 10;
-const SQLITE_CORRUPT: i32 = 11;
-const SQLITE_FULL: i32 = 13;
-const SQLITE_CANTOPEN: i32 = 14;
-const SQLITE_PROTOCOL: i32 = 15;
-const SQLITE_NOTADB: i32 = 26;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// How write transactions begin: with the write lock. A deferred BEGIN reads first and
-/// upgrades at its first write, which fails at once (SQLITE_BUSY, no waiting) when another
-/// process sharing the file committed in between; taking the lock first makes a second
-/// instance on the same file wait its turn (busy_timeout) instead.
-pub(crate) const WRITE_TRANSACTION: &str = "BEGIN IMMEDIATE";
 
 #[derive(Clone)]
 pub struct Store {
-    /// For reads: WAL lets them run beside the writer.
-    pool: SqlitePool,
-    /// The one connection that writes. SQLite has one writer at a time anyway; one connection
-    /// means no SQLITE_BUSY between our own writers, and a transaction a failed commit leaves
-    /// behind (disk full) is rolled back on that same connection before anything else runs.
-    writer: SqlitePool,
+    backend: Backend,
     directory: PenDirectory,
     thresholds: std::sync::Arc<penwarden_domain::compliance::Thresholds>,
     /// Bumped after every commit that raised or retracted a violation, so watchers wake at
@@ -133,69 +81,21 @@ pub struct Store {
     violation_changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// The store holds API key digests and the whole compliance record: only its owner may read
-/// it. Creates the database file 0600 if it is missing (SQLite gives its WAL and shared-memory
-/// files the database file's mode) and narrows an existing one, and its companions, to 0600.
-fn make_private(database: &std::path::Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        if database.as_os_str().is_empty() || database == std::path::Path::new(":memory:") {
-            return Ok(());
-        }
-        if !database.exists() {
-            std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(database)?;
-        }
-        let mut companions = vec![database.to_path_buf()];
-        for suffix in ["-wal", "-shm"] {
-            let mut name = database.as_os_str().to_owned();
-            name.push(suffix);
-            companions.push(name.into());
-        }
-        for file in companions.iter().filter(|file| file.exists()) {
-            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
-        }
-    }
-    Ok(())
-}
-
 impl Store {
-    /// Opens (creating if missing) the database, applies migrations and loads the pen directory.
+    /// Opens the database the URL names (`sqlite:PATH`, created if missing; or
+    /// `postgres://…`, which must exist), applies migrations and loads the pen directory.
     pub async fn connect(url: &str) -> Result<Store> {
-        if !url.starts_with("sqlite:") {
-            return Err(Error::UnsupportedUrl(url.to_owned()));
-        }
-        let open_error = |source| Error::Open { url: url.to_owned(), source };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(open_error)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed batch survives power loss, not only a process crash; batching
-            // keeps the cost to one fsync per batch.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            // Statement journals (a multi-row INSERT inside the batch transaction needs one)
-            // stay in memory instead of a temporary file written through the kernel.
-            .pragma("temp_store", "memory")
-            .busy_timeout(Duration::from_secs(10));
-        make_private(options.get_filename())
-            .map_err(|source| Error::Open { url: url.to_owned(), source: source.into() })?;
-        let writer =
-            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(open_error)?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        // No ping before each query: the connections live in this process (the ping is a
-        // round trip to the connection's worker thread, as costly as a small query).
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
+        let backend = Backend::connect(url).await?;
         let directory = PenDirectory::default();
         let violation_changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
-        let store = Store { pool, writer, directory, thresholds: Default::default(), violation_changes };
+        let store = Store { backend, directory, thresholds: Default::default(), violation_changes };
         store.reload_directory().await?;
         Ok(store)
+    }
+
+    /// Which database holds the record.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.backend.kind()
     }
 
     /// The thresholds the session rules judge with (defaults until set).
@@ -222,57 +122,71 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
-        self.writer.close().await;
+        self.backend.close().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{reading, writing};
 
     #[tokio::test]
     async fn failures_of_the_data_are_permanent_failures_of_the_database_transient() {
-        let (store, _dir) = test_support::temp_store().await;
-        let constraint = sqlx::query("INSERT INTO chains (chain_id, name, created_ms) VALUES ('c', NULL, 1)")
-            .execute(&store.writer)
-            .await
-            .unwrap_err();
+        let (store, _scratch) = test_support::temp_store().await;
+        let constraint = writing!(store, pool => {
+            sqlx::query("INSERT INTO chains (chain_id, name, created_ms) VALUES ('c', NULL, 1)").execute(pool).await.map(|_| ())
+        })
+        .unwrap_err();
         assert!(!Error::from(constraint).is_transient());
-        let syntax = sqlx::query("SELECT FROM nowhere").execute(&store.pool).await.unwrap_err();
+        let syntax =
+            reading!(store, pool => sqlx::query("SELECT FROM nowhere").execute(pool).await.map(|_| ())).unwrap_err();
         assert!(!Error::from(syntax).is_transient());
         assert!(!Error::NotFound("pen P1".into()).is_transient());
         store.close().await;
-        let closed = sqlx::query("SELECT 1").execute(&store.pool).await.unwrap_err();
+        let closed = reading!(store, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())).unwrap_err();
         assert!(Error::from(closed).is_transient());
     }
 
     #[cfg(unix)]
     #[tokio::test]
-    async fn the_database_is_readable_by_its_owner_only_whether_new_or_not() {
+    async fn a_sqlite_database_is_readable_by_its_owner_only_whether_new_or_not() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
-        let (store, dir) = test_support::temp_store().await;
+        let scratch = scratch::ScratchStore::sqlite();
+        let store = Store::connect(scratch.url()).await.unwrap();
         store.register_chain(&penwarden_domain::ChainId::parse("c1").unwrap(), "C", 1).await.unwrap();
-        let database = dir.path().join("test.db");
-        for file in ["test.db", "test.db-wal", "test.db-shm"] {
-            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        let dir = scratch.directory().unwrap();
+        let database = dir.join("record.db");
+        for file in ["record.db", "record.db-wal", "record.db-shm"] {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
         }
         store.close().await;
         std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let store = Store::connect(&format!("sqlite:{}", database.display())).await.unwrap();
+        let store = Store::connect(scratch.url()).await.unwrap();
         assert_eq!(mode(&database), 0o600);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_store_url_of_another_kind_is_refused_without_showing_its_password() {
+        let Err(error) = Store::connect("mysql://pw:s3cret@db/x").await else { panic!("mysql accepted") };
+        let message = error.to_string();
+        assert!(message.contains("pw:***@db") && !message.contains("s3cret"), "{message}");
+        let Err(error) = Store::connect("postgres://pw:s3cret@127.0.0.1:1/x").await else { panic!("port 1 reached") };
+        let message = error.to_string();
+        assert!(message.contains("pw:***@127.0.0.1:1") && !message.contains("s3cret"), "{message}");
     }
 }
 
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::Store;
+    use crate::scratch::ScratchStore;
 
-    pub(crate) async fn temp_store() -> (Store, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("test.db").display());
-        (Store::connect(&url).await.unwrap(), dir)
+    /// An empty store of the backend the test run is for (`scratch::BACKEND_VARIABLE`).
+    pub(crate) async fn temp_store() -> (Store, ScratchStore) {
+        let scratch = ScratchStore::new().await;
+        (Store::connect(scratch.url()).await.unwrap(), scratch)
     }
 }

@@ -1,42 +1,49 @@
 //! Reads for the API: cartridges, pen sterility, violations.
 
-use crate::record::RecordTx as _;
 use penwarden_domain::access::Scope;
 use penwarden_domain::compliance::{readiness, session_verdict, Rule, Verdict};
 use penwarden_domain::{CartridgeKey, PenSerial};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Database, Encode, QueryBuilder, Type};
 
+use crate::backend::{reading, writing, Column, Dialect, StoreRow};
+use crate::record::{OpenRecord as _, RecordTx as _};
 use crate::scope::push_record_scope;
 use crate::{Error, Result, Store};
 
 /// The columns `session_view` reads (`s` is the sessions table), with the active violations'
 /// rules.
-macro_rules! session_view_columns {
-    () => {
+fn session_view_columns(dialect: Dialect) -> String {
+    format!(
         "s.pen_serial, s.session_id, s.clinic_id, s.chain_id, s.cartridge_gtin, s.cartridge_serial,
          s.cartridge_lot, s.operator_id, s.area, s.started_ms, s.ended_ms, s.strokes, s.motor_seconds,
          s.max_depth_mm,
-         (SELECT GROUP_CONCAT(v.rule, ',') FROM violations v
-          WHERE v.pen_serial = s.pen_serial AND v.session_id = s.session_id AND v.retracted_ms IS NULL)"
-    };
+         (SELECT {} FROM violations v
+          WHERE v.pen_serial = s.pen_serial AND v.session_id = s.session_id AND v.retracted_ms IS NULL)",
+        dialect.comma_list("v.rule")
+    )
 }
 
-pub(crate) const SESSION_VIEW_SELECT: &str = concat!("SELECT ", session_view_columns!(), " FROM sessions s");
+/// Sessions as `session_view` reads them; `index` names the index to read them by (SQLite).
+pub(crate) fn session_view_select(dialect: Dialect, index: &str) -> String {
+    format!("SELECT {} FROM sessions s{}", session_view_columns(dialect), dialect.indexed_by(index))
+}
 
 /// A cartridge with its lot's manufacturer (columns 15 to 17) and its sessions, one row per
 /// session or one row of NULL session columns. The scope joins the sessions' ON clause, so the
 /// cartridge row comes back either way. The index is named because without statistics SQLite
 /// prefers a scope's (chain_id, started_ms) index for its ORDER BY, scanning all of a chain's
 /// sessions to find one cartridge's.
-const CARTRIDGE_WITH_SESSIONS: &str = concat!(
-    "SELECT ",
-    session_view_columns!(),
-    ", c.lot, c.expiry, l.manufacturer_id
-     FROM cartridges c
-     LEFT JOIN lots l ON l.gtin = c.gtin AND l.lot = c.lot
-     LEFT JOIN sessions s INDEXED BY sessions_cartridge
-         ON s.cartridge_gtin = c.gtin AND s.cartridge_serial = c.serial"
-);
+fn cartridge_with_sessions(dialect: Dialect) -> String {
+    format!(
+        "SELECT {}, c.lot, c.expiry, l.manufacturer_id
+         FROM cartridges c
+         LEFT JOIN lots l ON l.gtin = c.gtin AND l.lot = c.lot
+         LEFT JOIN sessions s{}
+             ON s.cartridge_gtin = c.gtin AND s.cartridge_serial = c.serial",
+        session_view_columns(dialect),
+        dialect.indexed_by("sessions_cartridge")
+    )
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionView {
@@ -144,7 +151,11 @@ pub struct QuarantineFilter {
 }
 
 impl QuarantineFilter {
-    fn push_conditions(&self, query: &mut QueryBuilder<'_, Sqlite>) {
+    fn push_conditions<'a, DB: Database>(&self, query: &mut QueryBuilder<'a, DB>)
+    where
+        String: Encode<'a, DB> + Type<DB>,
+        i64: Encode<'a, DB> + Type<DB>,
+    {
         query.push(" WHERE 1 = 1");
         if let Some(reason) = &self.reason {
             query.push(" AND reason = ").push_bind(reason.clone());
@@ -198,29 +209,31 @@ impl Store {
     /// session of (and whose lot is not its own) is "not found", exactly like one that does not
     /// exist, so its existence elsewhere cannot be inferred.
     pub async fn cartridge(&self, key: &CartridgeKey, scope: &Scope) -> Result<CartridgeView> {
-        let not_found = || Error::NotFound(format!("cartridge {key}"));
-        // One query, not a cartridge query and a sessions query: each costs a round trip to the
-        // connection's worker thread, and GetCartridge is the API's hottest call.
-        let mut query = QueryBuilder::new(CARTRIDGE_WITH_SESSIONS);
-        push_record_scope(&mut query, scope, "s");
-        query.push(" WHERE c.gtin = ").push_bind(&key.gtin);
-        query.push(" AND c.serial = ").push_bind(&key.serial);
-        query.push(" ORDER BY s.started_ms, s.pen_serial");
-        let rows = query.build().fetch_all(&self.pool).await?;
-        let cartridge = rows.first().ok_or_else(not_found)?;
-        let sessions: Vec<SessionView> =
-            rows.iter().filter(|row| row.get::<Option<String>, _>(1).is_some()).map(session_view).collect();
-        let manufacturer: Option<String> = cartridge.get(17);
-        let owns_lot = matches!(scope, Scope::Manufacturer(m) if manufacturer.as_deref() == Some(m.as_str()));
-        if sessions.is_empty() && !owns_lot && *scope != Scope::All {
-            return Err(not_found());
-        }
-        Ok(CartridgeView {
-            gtin: key.gtin.clone(),
-            serial: key.serial.clone(),
-            lot: cartridge.get(15),
-            expiry: cartridge.get(16),
-            sessions,
+        reading!(self, pool => {
+            let not_found = || Error::NotFound(format!("cartridge {key}"));
+            // One query, not a cartridge query and a sessions query: each costs a round trip to the
+            // connection's worker thread, and GetCartridge is the API's hottest call.
+            let mut query = QueryBuilder::new(cartridge_with_sessions(self.backend.dialect()));
+            push_record_scope(&mut query, scope, "s");
+            query.push(" WHERE c.gtin = ").push_bind(&key.gtin);
+            query.push(" AND c.serial = ").push_bind(&key.serial);
+            query.push(" ORDER BY s.started_ms NULLS FIRST, s.pen_serial");
+            let rows = query.build().fetch_all(pool).await?;
+            let cartridge = rows.first().ok_or_else(not_found)?;
+            let sessions: Vec<SessionView> =
+                rows.iter().filter(|row| Column::<Option<String>>::column(*row, 1).is_some()).map(session_view).collect();
+            let manufacturer: Option<String> = cartridge.column(17);
+            let owns_lot = matches!(scope, Scope::Manufacturer(m) if manufacturer.as_deref() == Some(m.as_str()));
+            if sessions.is_empty() && !owns_lot && *scope != Scope::All {
+                return Err(not_found());
+            }
+            Ok(CartridgeView {
+                gtin: key.gtin.clone(),
+                serial: key.serial.clone(),
+                lot: cartridge.column(15),
+                expiry: cartridge.column(16),
+                sessions,
+            })
         })
     }
 
@@ -228,14 +241,15 @@ impl Store {
     /// history since its last session started, so the API and the rule never disagree.
     pub async fn pen_sterility(&self, pen: &PenSerial, scope: &Scope) -> Result<PenSterilityView> {
         self.pen_in_scope(pen, scope).await?;
-        let mut connection = self.pool.acquire().await?;
+        reading!(self, pool => {
+        let mut connection = pool.acquire().await?;
         // Everything from the last session start on (min_seq beyond any seq: the window's
         // anchor is the pen's last session start).
-        let (facts, _) = crate::sqlite_record::SqliteRecord(&mut connection).pen_window(pen, i64::MAX as u64).await?;
+        let (facts, _) = connection.record().pen_window(pen, i64::MAX as u64).await?;
         let mut reasons = Vec::new();
         for reason in readiness(pen, &facts) {
             // The last session may be another tenant's, if the pen moved: named only if visible.
-            let mut visible: QueryBuilder<'_, Sqlite> =
+            let mut visible: QueryBuilder<'_, _> =
                 QueryBuilder::new("SELECT EXISTS (SELECT 1 FROM sessions s WHERE s.pen_serial = ");
             visible.push_bind(pen.as_str()).push(" AND s.session_id = ").push_bind(reason.session().as_str());
             push_record_scope(&mut visible, scope, "s");
@@ -244,7 +258,7 @@ impl Store {
             reasons.push(reason.describe(visible));
         }
         let last_session_ended_ms = sqlx::query_scalar(
-            "SELECT ended_ms FROM sessions WHERE pen_serial = ? AND start_seq IS NOT NULL ORDER BY start_seq DESC LIMIT 1",
+            "SELECT ended_ms FROM sessions WHERE pen_serial = $1 AND start_seq IS NOT NULL ORDER BY start_seq DESC LIMIT 1",
         )
         .bind(pen.as_str())
         .fetch_optional(&mut *connection)
@@ -252,7 +266,7 @@ impl Store {
         .flatten();
         let last_disinfection = sqlx::query(
             "SELECT device_time_ms, sheath_changed FROM pen_events
-             WHERE pen_serial = ? AND kind = 'disinfected' ORDER BY seq DESC LIMIT 1",
+             WHERE pen_serial = $1 AND kind = 'disinfected' ORDER BY seq DESC LIMIT 1",
         )
         .bind(pen.as_str())
         .fetch_optional(&mut *connection)
@@ -262,10 +276,11 @@ impl Store {
             ready_to_treat: reasons.is_empty(),
             reasons,
             last_session_ended_ms,
-            last_disinfected_ms: last_disinfection.as_ref().map(|r| r.get(0)),
+            last_disinfected_ms: last_disinfection.as_ref().map(|r| r.column(0)),
             last_disinfection_changed_sheath: last_disinfection
                 .as_ref()
-                .is_some_and(|r| r.get::<Option<bool>, _>(1).unwrap_or(false)),
+                .is_some_and(|r| Column::<Option<bool>>::column(r, 1).unwrap_or(false)),
+        })
         })
     }
 
@@ -273,195 +288,210 @@ impl Store {
     /// can be replayed: whole payload kept, not replayed yet; and how many it selects that
     /// were replayed already or cannot be (payload cut for size, or not a message).
     pub async fn replayable_quarantine(&self, filter: &QuarantineFilter) -> Result<ReplaySelection> {
-        let mut counts: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-            "SELECT COALESCE(SUM(replayed_ms IS NOT NULL), 0),
-                 COALESCE(SUM(replayed_ms IS NULL AND payload IS NULL), 0),
-                 COALESCE(SUM(replayed_ms IS NULL AND payload IS NOT NULL), 0)
-             FROM quarantine",
-        );
-        filter.push_conditions(&mut counts);
-        let counts = counts.build().fetch_one(&self.pool).await?;
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT id, topic, payload FROM quarantine");
-        filter.push_conditions(&mut query);
-        query.push(" AND replayed_ms IS NULL AND payload IS NOT NULL ORDER BY id LIMIT ");
-        query.push_bind(i64::from(filter.limit));
-        let messages: Vec<Replayable> = query
-            .build()
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| Replayable { id: row.get(0), topic: row.get(1), payload: row.get(2) })
-            .collect();
-        let replayable = counts.get::<i64, _>(2).max(0) as u64;
-        Ok(ReplaySelection {
-            left_for_later: replayable.saturating_sub(messages.len() as u64),
-            messages,
-            already_replayed: counts.get::<i64, _>(0).max(0) as u64,
-            not_replayable: counts.get::<i64, _>(1).max(0) as u64,
+        reading!(self, pool => {
+            let mut counts: QueryBuilder<'_, _> = QueryBuilder::new(
+                "SELECT COUNT(replayed_ms),
+                     COUNT(CASE WHEN replayed_ms IS NULL AND payload IS NULL THEN 1 END),
+                     COUNT(CASE WHEN replayed_ms IS NULL AND payload IS NOT NULL THEN 1 END)
+                 FROM quarantine",
+            );
+            filter.push_conditions(&mut counts);
+            let counts = counts.build().fetch_one(pool).await?;
+            let mut query: QueryBuilder<'_, _> = QueryBuilder::new("SELECT id, topic, payload FROM quarantine");
+            filter.push_conditions(&mut query);
+            query.push(" AND replayed_ms IS NULL AND payload IS NOT NULL ORDER BY id LIMIT ");
+            query.push_bind(i64::from(filter.limit));
+            let messages: Vec<Replayable> = query
+                .build()
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Replayable { id: row.column(0), topic: row.column(1), payload: row.column(2) })
+                .collect();
+            let replayable = Column::<i64>::column(&counts, 2).max(0) as u64;
+            Ok(ReplaySelection {
+                left_for_later: replayable.saturating_sub(messages.len() as u64),
+                messages,
+                already_replayed: Column::<i64>::column(&counts, 0).max(0) as u64,
+                not_replayable: Column::<i64>::column(&counts, 1).max(0) as u64,
+            })
         })
     }
 
     /// Records that these quarantined messages went through ingest again.
     pub async fn mark_replayed(&self, ids: &[i64], now_ms: i64) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("UPDATE quarantine SET replayed_ms = ");
-        query.push_bind(now_ms).push(" WHERE replayed_ms IS NULL AND id IN (");
-        let mut ids_list = query.separated(", ");
-        for id in ids {
-            ids_list.push_bind(*id);
-        }
-        query.push(")");
-        query.build().execute(&self.writer).await?;
-        Ok(())
+        writing!(self, pool => {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut query: QueryBuilder<'_, _> = QueryBuilder::new("UPDATE quarantine SET replayed_ms = ");
+            query.push_bind(now_ms).push(" WHERE replayed_ms IS NULL AND id IN (");
+            let mut ids_list = query.separated(", ");
+            for id in ids {
+                ids_list.push_bind(*id);
+            }
+            query.push(")");
+            query.build().execute(pool).await?;
+            Ok(())
+        })
     }
 
     /// Violations newest first (by id), filtered.
     pub async fn list_violations(&self, filter: &ViolationFilter) -> Result<Vec<ViolationRow>> {
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT id, rule, severity, ");
-        if filter.scope == Scope::All {
-            query.push("explanation");
-        } else {
-            // The explanation may name another session: shown only if the caller may see that
-            // session too (another chain's pen and timing are not this caller's to read).
+        reading!(self, pool => {
+            let mut query: QueryBuilder<'_, _> = QueryBuilder::new("SELECT id, rule, severity, ");
+            if filter.scope == Scope::All {
+                query.push("explanation");
+            } else {
+                // The explanation may name another session: shown only if the caller may see that
+                // session too (another chain's pen and timing are not this caller's to read).
+                query.push(
+                    "CASE WHEN related_session_id IS NULL OR EXISTS (SELECT 1 FROM sessions related
+                         WHERE related.pen_serial = violations.related_pen
+                           AND related.session_id = violations.related_session_id",
+                );
+                push_record_scope(&mut query, &filter.scope, "related");
+                query.push(") THEN explanation END");
+            }
             query.push(
-                "CASE WHEN related_session_id IS NULL OR EXISTS (SELECT 1 FROM sessions related
-                     WHERE related.pen_serial = violations.related_pen
-                       AND related.session_id = violations.related_session_id",
+                ",
+                     pen_serial, clinic_id, chain_id, session_id, cartridge_gtin,
+                     cartridge_serial, device_time_ms, detected_ms, retracted_ms, retraction_reason,
+                     COALESCE(change_seq, id)
+                 FROM violations WHERE 1 = 1",
             );
-            push_record_scope(&mut query, &filter.scope, "related");
-            query.push(") THEN explanation END");
-        }
-        query.push(
-            ",
-                 pen_serial, clinic_id, chain_id, session_id, cartridge_gtin,
-                 cartridge_serial, device_time_ms, detected_ms, retracted_ms, retraction_reason,
-                 COALESCE(change_seq, id)
-             FROM violations WHERE 1 = 1",
-        );
-        push_record_scope(&mut query, &filter.scope, "violations");
-        if let Some(clinic) = &filter.clinic_id {
-            query.push(" AND clinic_id = ").push_bind(clinic);
-        }
-        if let Some(chain) = &filter.chain_id {
-            query.push(" AND chain_id = ").push_bind(chain);
-        }
-        if let Some(pen) = &filter.pen_serial {
-            query.push(" AND pen_serial = ").push_bind(pen);
-        }
-        if let Some(rule) = &filter.rule {
-            query.push(" AND rule = ").push_bind(rule);
-        }
-        if let Some(from) = filter.from_ms {
-            query.push(" AND device_time_ms >= ").push_bind(from);
-        }
-        if let Some(to) = filter.to_ms {
-            query.push(" AND device_time_ms < ").push_bind(to);
-        }
-        if !filter.include_retracted {
-            query.push(" AND retracted_ms IS NULL");
-        }
-        if let Some(before) = filter.before_id {
-            query.push(" AND id < ").push_bind(before);
-        }
-        match filter.after_change_seq {
-            Some(after) => query.push(" AND change_seq > ").push_bind(after).push(" ORDER BY change_seq"),
-            None => query.push(" ORDER BY id DESC"),
-        };
-        query.push(" LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|row| ViolationRow {
-                id: row.get(0),
-                rule: row.get(1),
-                severity: row.get(2),
-                explanation: row.get::<Option<String>, _>(3).unwrap_or_else(|| {
-                    let rule: String = row.get(1);
-                    Rule::from_id(&rule).map_or("", Rule::explanation_without_related).to_owned()
-                }),
-                pen_serial: row.get(4),
-                clinic_id: row.get(5),
-                chain_id: row.get(6),
-                session_id: row.get(7),
-                cartridge_gtin: row.get(8),
-                cartridge_serial: row.get(9),
-                device_time_ms: row.get(10),
-                detected_ms: row.get(11),
-                retracted_ms: row.get(12),
-                retraction_reason: row.get(13),
-                change_seq: row.get(14),
-            })
-            .collect())
+            push_record_scope(&mut query, &filter.scope, "violations");
+            if let Some(clinic) = &filter.clinic_id {
+                query.push(" AND clinic_id = ").push_bind(clinic);
+            }
+            if let Some(chain) = &filter.chain_id {
+                query.push(" AND chain_id = ").push_bind(chain);
+            }
+            if let Some(pen) = &filter.pen_serial {
+                query.push(" AND pen_serial = ").push_bind(pen);
+            }
+            if let Some(rule) = &filter.rule {
+                query.push(" AND rule = ").push_bind(rule);
+            }
+            if let Some(from) = filter.from_ms {
+                query.push(" AND device_time_ms >= ").push_bind(from);
+            }
+            if let Some(to) = filter.to_ms {
+                query.push(" AND device_time_ms < ").push_bind(to);
+            }
+            if !filter.include_retracted {
+                query.push(" AND retracted_ms IS NULL");
+            }
+            if let Some(before) = filter.before_id {
+                query.push(" AND id < ").push_bind(before);
+            }
+            match filter.after_change_seq {
+                Some(after) => query.push(" AND change_seq > ").push_bind(after).push(" ORDER BY change_seq"),
+                None => query.push(" ORDER BY id DESC"),
+            };
+            query.push(" LIMIT ").push_bind(i64::from(filter.limit));
+            let rows = query.build().fetch_all(pool).await?;
+            Ok(rows
+                .iter()
+                .map(|row| ViolationRow {
+                    id: row.column(0),
+                    rule: row.column(1),
+                    severity: row.column(2),
+                    explanation: Column::<Option<String>>::column(row, 3).unwrap_or_else(|| {
+                        let rule: String = row.column(1);
+                        Rule::from_id(&rule).map_or("", Rule::explanation_without_related).to_owned()
+                    }),
+                    pen_serial: row.column(4),
+                    clinic_id: row.column(5),
+                    chain_id: row.column(6),
+                    session_id: row.column(7),
+                    cartridge_gtin: row.column(8),
+                    cartridge_serial: row.column(9),
+                    device_time_ms: row.column(10),
+                    detected_ms: row.column(11),
+                    retracted_ms: row.column(12),
+                    retraction_reason: row.column(13),
+                    change_seq: row.column(14),
+                })
+                .collect())
+        })
     }
 
     /// Quarantined messages, newest first, filtered.
     pub async fn list_quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineRow>> {
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-            "SELECT id, received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len FROM quarantine",
-        );
-        filter.push_conditions(&mut query);
-        if let Some(before) = filter.before_id {
-            query.push(" AND id < ").push_bind(before);
-        }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|row| QuarantineRow {
-                id: row.get(0),
-                received_ms: row.get(1),
-                topic: row.get(2),
-                pen_serial: row.get(3),
-                reason: row.get(4),
-                detail: row.get(5),
-                payload_excerpt: row.get(6),
-                payload_len: row.get(7),
-            })
-            .collect())
+        reading!(self, pool => {
+            let mut query: QueryBuilder<'_, _> = QueryBuilder::new(
+                "SELECT id, received_ms, topic, pen_serial, reason, detail, payload_excerpt, payload_len FROM quarantine",
+            );
+            filter.push_conditions(&mut query);
+            if let Some(before) = filter.before_id {
+                query.push(" AND id < ").push_bind(before);
+            }
+            query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+            let rows = query.build().fetch_all(pool).await?;
+            Ok(rows
+                .iter()
+                .map(|row| QuarantineRow {
+                    id: row.column(0),
+                    received_ms: row.column(1),
+                    topic: row.column(2),
+                    pen_serial: row.column(3),
+                    reason: row.column(4),
+                    detail: row.column(5),
+                    payload_excerpt: row.column(6),
+                    payload_len: row.column(7),
+                })
+                .collect())
+        })
     }
 
     /// Quarantined messages matching the filter (pagination ignored), counted by reason.
     pub async fn quarantine_counts(&self, filter: &QuarantineFilter) -> Result<Vec<(String, i64)>> {
-        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT reason, COUNT(*) FROM quarantine");
-        filter.push_conditions(&mut query);
-        query.push(" GROUP BY reason ORDER BY reason");
-        let rows = query.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        reading!(self, pool => {
+            let mut query: QueryBuilder<'_, _> = QueryBuilder::new("SELECT reason, COUNT(*) FROM quarantine");
+            filter.push_conditions(&mut query);
+            query.push(" GROUP BY reason ORDER BY reason");
+            let rows = query.build().fetch_all(pool).await?;
+            Ok(rows.iter().map(|row| (row.column(0), row.column(1))).collect())
+        })
     }
 
     /// The newest violation change number (0 when none): where a new watcher starts.
     pub async fn latest_violation_change(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(change_seq), 0) FROM violations").fetch_one(&self.pool).await?)
+        reading!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT COALESCE(MAX(change_seq), 0) FROM violations").fetch_one(pool).await?)
+        })
     }
 
     /// Device events recorded (each (pen, seq) once).
     pub async fn event_count(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM pen_events").fetch_one(&self.pool).await?)
+        reading!(self, pool => {
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM pen_events").fetch_one(pool).await?)
+        })
     }
 }
 
-pub(crate) fn session_view(row: &sqlx::sqlite::SqliteRow) -> SessionView {
-    let violated_rules: Vec<String> =
-        row.get::<Option<String>, _>(14).map(|rules| rules.split(',').map(str::to_owned).collect()).unwrap_or_default();
-    let started_ms: Option<i64> = row.get(9);
-    let ended_ms: Option<i64> = row.get(10);
+pub(crate) fn session_view(row: &impl StoreRow) -> SessionView {
+    let violated_rules: Vec<String> = Column::<Option<String>>::column(row, 14)
+        .map(|rules| rules.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let started_ms: Option<i64> = row.column(9);
+    let ended_ms: Option<i64> = row.column(10);
     SessionView {
-        pen_serial: row.get(0),
-        session_id: row.get(1),
-        clinic_id: row.get(2),
-        chain_id: row.get(3),
-        cartridge_gtin: row.get(4),
-        cartridge_serial: row.get(5),
-        cartridge_lot: row.get(6),
-        operator_id: row.get(7),
-        area: row.get(8),
+        pen_serial: row.column(0),
+        session_id: row.column(1),
+        clinic_id: row.column(2),
+        chain_id: row.column(3),
+        cartridge_gtin: row.column(4),
+        cartridge_serial: row.column(5),
+        cartridge_lot: row.column(6),
+        operator_id: row.column(7),
+        area: row.column(8),
         started_ms,
         ended_ms,
-        strokes: row.get(11),
-        motor_seconds: row.get(12),
-        max_depth_mm: row.get(13),
+        strokes: row.column(11),
+        motor_seconds: row.column(12),
+        max_depth_mm: row.column(13),
         verdict: session_verdict(
             started_ms.is_some(),
             ended_ms.is_some(),

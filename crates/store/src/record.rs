@@ -68,7 +68,8 @@ pub(crate) trait RecordTx {
     async fn replace_runs(&mut self, removed: &[(&str, u64)], added: &[(&str, u64, u64)]) -> Result<()>;
     async fn received_runs_between(&mut self, pen: &PenSerial, after: u64, before: u64) -> Result<Vec<SeqRun>>;
     async fn telemetry_digest_slot(&mut self, pen: &PenSerial, slot: u64) -> Result<Option<TelemetryMessage>>;
-    /// Keeps digests of new telemetry (pen, slot, seq, digest); a slot keeps its newest seq.
+    /// Keeps digests of new telemetry (pen, slot, seq, digest), at most one per slot; a slot
+    /// keeps its newest seq.
     async fn store_telemetry_digests(&mut self, fresh: &[(&str, u64, u64, i64)]) -> Result<()>;
     async fn event_recorded(&mut self, pen: &PenSerial, seq: u64) -> Result<bool>;
     /// Whether `seq` of `pen` was received and no event holds it (a telemetry message did).
@@ -108,6 +109,21 @@ pub(crate) trait RecordTx {
     ) -> Result<RaisedViolation>;
     async fn ended_session(&mut self, pen: &PenSerial, session_id: &SessionId) -> Result<Option<EndedSession>>;
     async fn insert_outbox(&mut self, lines: Vec<String>, now_ms: i64) -> Result<()>;
+    /// Sets the pen's firmware and model from its reports with the highest seq (firmware:
+    /// status events and births; model: births), whatever order they arrived in.
+    async fn refresh_firmware_and_model(&mut self, pen: &PenSerial) -> Result<()>;
+    /// Marks a lot recalled (keeping the first recall's time); false if it is not registered.
+    async fn recall_lot(&mut self, gtin: &str, lot: &str, reason: &str, now_ms: i64) -> Result<bool>;
+    async fn sessions_of_lot(&mut self, gtin: &str, lot: &str) -> Result<Vec<SessionRef>>;
+}
+
+/// A backend's connection, seen as the record.
+pub(crate) trait OpenRecord {
+    type Record<'c>: RecordTx
+    where
+        Self: 'c;
+
+    fn record(&mut self) -> Self::Record<'_>;
 }
 
 const RETRACTION_REASON: &str = "withdrawn: device data that arrived later changed the judgement of this session";
@@ -240,8 +256,25 @@ pub(crate) async fn apply_batch<R: RecordTx>(
     Ok(effects)
 }
 
+/// Recalls a lot: every session that ever used it is judged again (CARTRIDGE_RECALLED) and the
+/// verdicts reconciled with the record. `None` if the lot is not registered.
+pub(crate) async fn recall_lot<R: RecordTx>(
+    record: &mut R,
+    (gtin, lot): (&str, &str),
+    reason: &str,
+    thresholds: &Thresholds,
+    now_ms: i64,
+    outbox_lines: impl FnOnce(&Effects) -> Vec<String>,
+) -> Result<Option<Effects>> {
+    if !record.recall_lot(gtin, lot, reason, now_ms).await? {
+        return Ok(None);
+    }
+    let sessions = record.sessions_of_lot(gtin, lot).await?;
+    Ok(Some(rejudge_sessions(record, &sessions, thresholds, now_ms, outbox_lines).await?))
+}
+
 /// Judges `sessions` again (a lot recalled) and reconciles the verdicts with the record.
-pub(crate) async fn rejudge_sessions<R: RecordTx>(
+async fn rejudge_sessions<R: RecordTx>(
     record: &mut R,
     sessions: &[SessionRef],
     thresholds: &Thresholds,
@@ -314,6 +347,10 @@ async fn classify_telemetry<'a, R: RecordTx>(
             }
         }
     }
+    // One row per slot: a slot keeps the newest number that fell into it, and PostgreSQL
+    // refuses a statement that would upsert one row twice.
+    fresh.sort_unstable_by(|a, b| (a.0, a.1, std::cmp::Reverse(a.2)).cmp(&(b.0, b.1, std::cmp::Reverse(b.2))));
+    fresh.dedup_by(|later, kept| (later.0, later.1) == (kept.0, kept.1));
     record.store_telemetry_digests(&fresh).await?;
     Ok(arrival)
 }

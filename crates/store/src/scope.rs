@@ -2,12 +2,15 @@
 //! these, so a filter in a request can only narrow a caller's scope, never widen it.
 
 use penwarden_domain::access::Scope;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{Database, Encode, QueryBuilder, Type};
 
 /// Appends ` AND <condition>` limiting rows of `table` (sessions or violations: both carry
 /// pen_serial, clinic_id, chain_id, cartridge_gtin and cartridge_serial) to `scope`. A
 /// manufacturer sees sessions with its cartridges, and sessions on its pens.
-pub(crate) fn push_record_scope(query: &mut QueryBuilder<'_, Sqlite>, scope: &Scope, table: &str) {
+pub(crate) fn push_record_scope<'a, DB: Database>(query: &mut QueryBuilder<'a, DB>, scope: &Scope, table: &str)
+where
+    String: Encode<'a, DB> + Type<DB>,
+{
     match scope {
         Scope::All => {}
         Scope::Chain(chain) => {
@@ -34,7 +37,10 @@ pub(crate) fn push_record_scope(query: &mut QueryBuilder<'_, Sqlite>, scope: &Sc
 }
 
 /// Appends ` AND <condition>` limiting pens (`p`, joined to their clinic as `c`) to `scope`.
-pub(crate) fn push_pen_scope(query: &mut QueryBuilder<'_, Sqlite>, scope: &Scope) {
+pub(crate) fn push_pen_scope<'a, DB: Database>(query: &mut QueryBuilder<'a, DB>, scope: &Scope)
+where
+    String: Encode<'a, DB> + Type<DB>,
+{
     match scope {
         Scope::All => {}
         Scope::Chain(chain) => {

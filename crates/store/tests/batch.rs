@@ -5,6 +5,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use penwarden_domain::access::Scope;
 use penwarden_domain::compliance::signed_message;
 use penwarden_domain::{DeviceEvent, DisinfectionMethod, EventRecord, PenSerial, SessionId, TreatmentArea, Udi};
+use penwarden_store::scratch::ScratchStore;
 use penwarden_store::{IngestBatch, LotRow, PenStateUpdate, Store, ViolationFilter};
 
 /// Device times in these tests count from here (2027-01-15): a UDI's two-digit year is read in
@@ -71,13 +72,14 @@ fn wipe(pen_serial: &str, seq: u64, time: i64) -> EventRecord {
 }
 
 /// A store that knows the test manufacturer's lots LOT7 and L.
-async fn store() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite:{}", dir.path().join("t.db").display())).await.unwrap();
+/// On the backend `PENWARDEN_TEST_STORE` names (SQLite unless told).
+async fn store() -> (Store, ScratchStore) {
+    let scratch = ScratchStore::new().await;
+    let store = Store::connect(scratch.url()).await.unwrap();
     for lot in ["LOT7", "L"] {
         store.register_lot(&lot_row(lot), 0).await.unwrap();
     }
-    (store, dir)
+    (store, scratch)
 }
 
 fn lot_row(lot: &str) -> LotRow {

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use ed25519_dalek::{Signer, SigningKey};
 use penwarden_domain::compliance::signed_message;
 use penwarden_domain::{DeviceEvent, DisinfectionMethod, EventRecord, PenSerial, SessionId, TreatmentArea, Udi};
+use penwarden_store::scratch::ScratchStore;
 use penwarden_store::{IngestBatch, LotRow, PenStateUpdate, Store, ViolationFilter};
 use proptest::prelude::*;
 
@@ -158,8 +159,11 @@ fn scenario() -> impl Strategy<Value = (Vec<Message>, Vec<usize>, Vec<usize>)> {
         })
 }
 
-async fn fresh_store(dir: &tempfile::TempDir, name: &str) -> Store {
-    let store = Store::connect(&format!("sqlite:{}", dir.path().join(name).display())).await.unwrap();
+/// An empty store on the backend `PENWARDEN_TEST_STORE` names (SQLite unless told), with the
+/// test manufacturer's lot.
+async fn fresh_store() -> (Store, ScratchStore) {
+    let scratch = ScratchStore::new().await;
+    let store = Store::connect(scratch.url()).await.unwrap();
     let lot = LotRow {
         gtin: "09506000134352".into(),
         lot: "L".into(),
@@ -169,7 +173,7 @@ async fn fresh_store(dir: &tempfile::TempDir, name: &str) -> Store {
         recalled_ms: None,
     };
     store.register_lot(&lot, 0).await.unwrap();
-    store
+    (store, scratch)
 }
 
 async fn apply(store: &Store, messages: &[&Message]) {
@@ -207,11 +211,10 @@ proptest! {
     fn any_arrival_order_gives_the_in_order_violations((messages, arrival, cuts) in scenario()) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (in_order, shuffled) = runtime.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let reference = fresh_store(&dir, "in-order.db").await;
+            let (reference, _reference_scratch) = fresh_store().await;
             apply(&reference, &messages.iter().collect::<Vec<_>>()).await;
 
-            let store = fresh_store(&dir, "shuffled.db").await;
+            let (store, _scratch) = fresh_store().await;
             let arrivals: Vec<&Message> = arrival.iter().map(|&index| &messages[index]).collect();
             let mut rest = arrivals.as_slice();
             for cut in cuts.iter().cycle() {

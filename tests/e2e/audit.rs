@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use penwarden_proto::api::v1 as api;
-use penwarden_tests::{binary, metric, sqlite_execute, wait_for, Influxd, Mosquitto, Penwarden};
+use penwarden_tests::{binary, metric, store_execute, wait_for, Influxd, Mosquitto, Penwarden};
 use tonic::Code;
 
 fn audit_cli(penwarden: &Penwarden, args: &[&str]) -> (bool, String) {
@@ -124,23 +124,32 @@ async fn every_call_is_chained_and_verify_names_the_entry_that_was_changed() {
 
     // Someone with the database drops the guard triggers and edits entry 4: named exactly.
     let store = penwarden.store_url();
-    sqlite_execute(&store, "DROP TRIGGER audit_log_no_update").await;
-    sqlite_execute(&store, "DROP TRIGGER audit_log_no_delete").await;
+    store_execute(
+        &store,
+        "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete",
+        "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_change",
+    )
+    .await;
     let original = events[3].records;
-    sqlite_execute(&store, "UPDATE audit_log SET records = records + 1 WHERE seq = 4").await;
+    edit(&store, "UPDATE audit_log SET records = records + 1 WHERE seq = 4").await;
     let (ok, printed) = audit_cli(&penwarden, &["verify"]);
     assert!(!ok && printed.contains("broken at entry 4:"), "{printed}");
-    sqlite_execute(&store, &format!("UPDATE audit_log SET records = {original} WHERE seq = 4")).await;
+    edit(&store, &format!("UPDATE audit_log SET records = {original} WHERE seq = 4")).await;
     assert!(audit_cli(&penwarden, &["verify"]).0, "restored");
     // Entry 5 deleted: named exactly.
-    sqlite_execute(&store, "DELETE FROM audit_log WHERE seq = 5").await;
+    edit(&store, "DELETE FROM audit_log WHERE seq = 5").await;
     let (ok, printed) = audit_cli(&penwarden, &["verify"]);
     assert!(!ok && printed.contains("broken at entry 5:") && printed.contains("missing"), "{printed}");
     // The tail cut off from entry 5 on: consistent on its own, caught against the head.
-    sqlite_execute(&store, "DELETE FROM audit_log WHERE seq >= 5").await;
+    edit(&store, "DELETE FROM audit_log WHERE seq >= 5").await;
     assert!(audit_cli(&penwarden, &["verify"]).0);
     let (ok, printed) = audit_cli(&penwarden, &["verify", "--head", &head]);
     assert!(!ok && printed.contains("broken at entry 5:") && printed.contains("cut off the end"), "{printed}");
     let (ok, printed) = audit_cli(&penwarden, &["verify", "--head", &metric_head]);
     assert!(!ok && printed.contains("cut off the end"), "{printed}");
+}
+
+/// The same statement on either backend.
+async fn edit(store: &str, statement: &str) {
+    store_execute(store, statement, statement).await;
 }

@@ -41,7 +41,8 @@ async fn a_pipeline_far_behind_the_broker_keeps_its_connection_and_lands_everyth
         ("PENWARDEN_METRICS_ADDR", metrics_addr.clone()),
         ("PENWARDEN_CONFIG", config.display().to_string()),
     ];
-    let mut penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    // The store is held locked by a second SQLite connection below.
+    let mut penwarden = Penwarden::start_on_sqlite(&mosquitto.url(), &env).await;
     let pens: Vec<String> = (0..PENS).map(|i| format!("OVL{i:03}")).collect();
     penwarden.register_clinic_a_with(&pens.iter().map(String::as_str).collect::<Vec<_>>()).await;
 

@@ -121,10 +121,16 @@ async fn a_message_the_store_refuses_is_quarantined_and_the_rest_of_its_batch_co
     // A trigger makes the store refuse one message, always: a deterministic failure that no
     // retry can cure (a constraint, a type, a value the database cannot take).
     let store_url = penwarden.store_url();
-    penwarden_tests::sqlite_execute(
+    penwarden_tests::store_execute(
         &store_url,
         "CREATE TRIGGER refuse_poison BEFORE INSERT ON pen_events WHEN NEW.session_id = 'poison'
          BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END",
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.session_id = 'poison' THEN RAISE EXCEPTION 'refused by the test trigger'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON pen_events FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
     )
     .await;
     // Published while penwarden is stopped, so all of them arrive at once, in one batch.

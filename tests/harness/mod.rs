@@ -413,28 +413,58 @@ pub struct Penwarden {
     /// An admin API key's token, created before the first start.
     pub admin_token: String,
     env: Vec<(String, String)>,
+    /// The PostgreSQL database this instance created for its store, dropped with the last
+    /// instance sharing it (after their processes are gone: fields drop in order).
+    scratch: Option<std::sync::Arc<penwarden_store::scratch::ScratchStore>>,
 }
 
 impl Penwarden {
-    /// Starts penwarden with the given extra environment and waits for gRPC to answer.
+    /// Starts penwarden with the given extra environment and waits for gRPC to answer. Its
+    /// store is on the backend PENWARDEN_TEST_STORE names (`penwarden_store::scratch`): a
+    /// SQLite file in its directory, or a new database on the PostgreSQL server.
     pub async fn start(mqtt_url: &str, extra_env: &[(&str, String)]) -> Penwarden {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match penwarden_store::scratch::ScratchStore::chosen_kind() {
+            penwarden_store::BackendKind::Sqlite => Self::start_in(dir, mqtt_url, extra_env).await,
+            penwarden_store::BackendKind::Postgres => {
+                let scratch = std::sync::Arc::new(penwarden_store::scratch::ScratchStore::new().await);
+                Self::start_on(dir, scratch.url().to_owned(), Some(scratch), mqtt_url, extra_env).await
+            }
+        }
+    }
+
+    /// Like `start`, with a SQLite store in `dir` (a size-limited filesystem, say), whatever
+    /// PENWARDEN_TEST_STORE says: for tests of what only SQLite does.
+    pub async fn start_in(dir: tempfile::TempDir, mqtt_url: &str, extra_env: &[(&str, String)]) -> Penwarden {
+        let url = format!("sqlite:{}", dir.path().join("penwarden.db").display());
+        Self::start_on(dir, url, None, mqtt_url, extra_env).await
+    }
+
+    /// Like `start`, on a SQLite store in a temporary directory whatever PENWARDEN_TEST_STORE
+    /// says.
+    pub async fn start_on_sqlite(mqtt_url: &str, extra_env: &[(&str, String)]) -> Penwarden {
         Self::start_in(tempfile::tempdir().expect("tempdir"), mqtt_url, extra_env).await
     }
 
-    /// Like `start`, with the store in `dir` (a size-limited filesystem, say).
-    pub async fn start_in(dir: tempfile::TempDir, mqtt_url: &str, extra_env: &[(&str, String)]) -> Penwarden {
+    async fn start_on(
+        dir: tempfile::TempDir,
+        store_url: String,
+        scratch: Option<std::sync::Arc<penwarden_store::scratch::ScratchStore>>,
+        mqtt_url: &str,
+        extra_env: &[(&str, String)],
+    ) -> Penwarden {
         let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut env: Vec<(String, String)> = vec![
             ("PENWARDEN_MQTT_URL".into(), mqtt_url.into()),
             ("PENWARDEN_MQTT_CLIENT_ID".into(), format!("penwarden-test-{}", grpc_addr.port())),
-            ("PENWARDEN_DATABASE_URL".into(), format!("sqlite:{}", dir.path().join("penwarden.db").display())),
+            ("PENWARDEN_DATABASE_URL".into(), store_url),
             ("PENWARDEN_GRPC_ADDR".into(), grpc_addr.to_string()),
             ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
         ];
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let admin_token = create_api_key(&env, "admin", "");
         let process = Self::spawn(&env, grpc_addr).await;
-        Penwarden { grpc_addr, process, dir, admin_token, env }
+        Penwarden { grpc_addr, process, dir, admin_token, env, scratch }
     }
 
     /// Another instance on `first`'s store and broker, with its own gRPC port, MQTT client id
@@ -455,7 +485,14 @@ impl Penwarden {
         env.push(("PENWARDEN_MQTT_CLIENT_ID".into(), format!("penwarden-test-{}", grpc_addr.port())));
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let process = Self::spawn(&env, grpc_addr).await;
-        Penwarden { grpc_addr, process, dir, admin_token: first.admin_token.clone(), env }
+        Penwarden {
+            grpc_addr,
+            process,
+            dir,
+            admin_token: first.admin_token.clone(),
+            env,
+            scratch: first.scratch.clone(),
+        }
     }
 
     /// The store URL this instance uses.
@@ -618,12 +655,18 @@ pub async fn run_pensim(args: &[String]) -> serde_json::Value {
     finish_pensim(spawn_pensim(args)).await
 }
 
-/// Runs one SQL statement on a SQLite store (a test changing the store behind penwarden's back).
-pub async fn sqlite_execute(url: &str, statement: &str) {
-    use sqlx::ConnectOptions;
-    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("a sqlite: URL");
-    let mut connection = options.connect().await.expect("open the store");
-    sqlx::query(statement).execute(&mut connection).await.expect("run the statement");
+/// Runs SQL on a store behind penwarden's back (a test breaking or tampering with it): the
+/// statement for SQLite or the one for PostgreSQL, whichever the URL names.
+pub async fn store_execute(url: &str, for_sqlite: &str, for_postgres: &str) {
+    use sqlx::{ConnectOptions, Connection};
+    if url.starts_with("sqlite:") {
+        let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("a sqlite: URL");
+        let mut connection = options.connect().await.expect("open the store");
+        sqlx::raw_sql(for_sqlite).execute(&mut connection).await.expect("run the statement");
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url).await.expect("open the store");
+        sqlx::raw_sql(for_postgres).execute(&mut connection).await.expect("run the statement");
+    }
 }
 
 /// Reads a Prometheus endpoint and returns the value of an unlabelled metric.

@@ -18,7 +18,9 @@ pub(crate) fn block_on<T>(future: impl std::future::Future<Output = anyhow::Resu
 
 pub(crate) async fn open_store(config_file: Option<&Path>) -> anyhow::Result<Store> {
     let config = Config::load(config_file, |name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
-    Store::connect(&config.store.url).await.with_context(|| format!("opening the store {}", config.store.url))
+    Store::connect(&config.store.url)
+        .await
+        .with_context(|| format!("opening the store {}", penwarden_store::redact_url(&config.store.url)))
 }
 
 fn random_hex(bytes: usize) -> String {

@@ -21,7 +21,9 @@ pub(crate) struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct StoreConfig {
-    /// `sqlite:PATH` (PostgreSQL comes later).
+    /// `sqlite:PATH` (one box) or `postgres://USER@HOST/DATABASE` (shared by several
+    /// instances). A PostgreSQL password goes in PGPASSWORD or ~/.pgpass, not in the URL
+    /// (where it is accepted, but shown only as `***`).
     pub(crate) url: String,
 }
 

@@ -87,7 +87,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut ingest_task = ingest.spawn(stop_rx, replayed);
     let mqtt = penwarden_ingest::redacted_url(&config.ingest.mqtt_url);
     let influx = penwarden_ingest::redacted_url(&config.influx.url);
-    tracing::info!(%grpc_addr, %mqtt, %influx, store = %config.store.url, "penwarden serving");
+    tracing::info!(%grpc_addr, %mqtt, %influx, store = %penwarden_store::redact_url(&config.store.url), "penwarden serving");
 
     let ingest_ended = tokio::select! {
         _ = terminate.recv() => { tracing::info!("SIGTERM: draining"); None }

@@ -386,3 +386,56 @@ async fn a_telemetry_gap_is_raised_and_withdrawn_when_the_message_arrives_late()
     let cartridge = store.cartridge(&Udi::parse(UDI).unwrap().key(), &Scope::All).await.unwrap();
     assert_eq!(cartridge.sessions[0].verdict, penwarden_domain::compliance::Verdict::Compliant);
 }
+
+/// Like `apply`, retrying what failed for the moment (a deadlock victim, say), as ingest does.
+async fn apply_retrying(store: &Store, events: Vec<EventRecord>) {
+    let mut batch = IngestBatch { received_ms: 1, events, ..Default::default() };
+    batch.auto_register = batch.events.iter().map(|e| e.pen.clone()).collect();
+    loop {
+        match store.apply_batch(&batch, |_| Vec::new()).await {
+            Ok(_) => return,
+            Err(error) if error.is_transient() => tokio::task::yield_now().await,
+            Err(error) => panic!("batch refused: {error}"),
+        }
+    }
+}
+
+/// The trap of several instances: three of them commit, at the same moment, sessions of three
+/// pens with one cartridge. Each transaction alone sees no earlier use of it; unless the
+/// transactions judge one after the other, CARTRIDGE_REUSE is missed. Every round must raise
+/// it on the two later sessions, exactly as one instance does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn three_instances_committing_one_cartridge_at_once_never_miss_its_reuse() {
+    let (first, scratch) = store().await;
+    let instances = [first, Store::connect(scratch.url()).await.unwrap(), Store::connect(scratch.url()).await.unwrap()];
+    const ROUNDS: u64 = 20;
+    for round in 0..ROUNDS {
+        let udi = format!("(01)09506000134352(17)301231(10)LOT7(21)R-{round}");
+        let session = format!("r{round}");
+        let seq = 2 * round + 1;
+        let time = 1_000 * round as i64;
+        let batch = |instance: usize| {
+            let pen_serial = format!("P{instance}");
+            let started = time + instance as i64 * 10;
+            vec![start(&pen_serial, seq, started, &session, &udi), end(&pen_serial, seq + 1, started + 5, &session)]
+        };
+        tokio::join!(
+            apply_retrying(&instances[0], batch(0)),
+            apply_retrying(&instances[1], batch(1)),
+            apply_retrying(&instances[2], batch(2)),
+        );
+    }
+    let filter = ViolationFilter { rule: Some("CARTRIDGE_REUSE".into()), limit: 1000, ..Default::default() };
+    let reuses = instances[0].list_violations(&filter).await.unwrap();
+    let mut flagged: Vec<(String, String)> = reuses.into_iter().map(|v| (v.session_id, v.pen_serial)).collect();
+    flagged.sort();
+    let expected: Vec<(String, String)> = (0..ROUNDS)
+        .flat_map(|round| ["P1", "P2"].map(|pen| (format!("r{round}"), pen.to_owned())))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(flagged, expected, "each cartridge's second and third use is CARTRIDGE_REUSE");
+    for instance in &instances {
+        instance.close().await;
+    }
+}

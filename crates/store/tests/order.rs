@@ -1,6 +1,7 @@
 //! Order independence, proven through the ingest path: the same device messages applied in
 //! any arrival order, split into any batches, with redeliveries, leave exactly the active
-//! violations that in-order processing leaves. The streams cover cartridge reuse across pens,
+//! violations that in-order processing leaves, also when three instances sharing the database
+//! apply them at once. The streams cover cartridge reuse across pens,
 //! disinfection, depth, telemetry gaps and the pen's service status: births and status events
 //! that announce firmware below and above the minimum, so PEN_SERVICE_DUE must judge each
 //! session by the firmware in force at it by seq.
@@ -194,7 +195,20 @@ async fn apply(store: &Store, messages: &[&Message]) {
             }
         }
     }
-    store.apply_batch(&batch, |_| Vec::new()).await.unwrap();
+    // As ingest does: a transient failure (a deadlock victim, say) is retried.
+    loop {
+        match store.apply_batch(&batch, |_| Vec::new()).await {
+            Ok(_) => return,
+            Err(error) if error.is_transient() => tokio::task::yield_now().await,
+            Err(error) => panic!("batch refused: {error}"),
+        }
+    }
+}
+
+async fn apply_all(store: &Store, batches: Vec<Vec<&Message>>) {
+    for batch in batches {
+        apply(store, &batch).await;
+    }
 }
 
 /// The active violations as (rule, pen, session).
@@ -202,6 +216,29 @@ async fn active(store: &Store) -> BTreeSet<(String, String, String)> {
     let filter = ViolationFilter { limit: 1000, ..Default::default() };
     let rows = store.list_violations(&filter).await.unwrap();
     rows.into_iter().map(|v| (v.rule, v.pen_serial, v.session_id)).collect()
+}
+
+/// The arrivals cut into batches of `cuts` sizes (cycled).
+fn batches<'m>(messages: &'m [Message], arrival: &[usize], cuts: &[usize]) -> Vec<Vec<&'m Message>> {
+    let arrivals: Vec<&Message> = arrival.iter().map(|&index| &messages[index]).collect();
+    let mut rest = arrivals.as_slice();
+    let mut batches = Vec::new();
+    for cut in cuts.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (batch, tail) = rest.split_at((*cut).min(rest.len()));
+        batches.push(batch.to_vec());
+        rest = tail;
+    }
+    batches
+}
+
+/// What the record says in the end: active violations, and each pen's state.
+async fn outcome(store: &Store) -> (BTreeSet<(String, String, String)>, Vec<(String, bool, String, String)>) {
+    let rows = store.list_pens(None, None, &penwarden_domain::access::Scope::All).await.unwrap();
+    let pens = rows.into_iter().map(|p| (p.pen_serial, p.online, p.firmware, p.model)).collect();
+    (active(store).await, pens)
 }
 
 proptest! {
@@ -215,23 +252,46 @@ proptest! {
             apply(&reference, &messages.iter().collect::<Vec<_>>()).await;
 
             let (store, _scratch) = fresh_store().await;
-            let arrivals: Vec<&Message> = arrival.iter().map(|&index| &messages[index]).collect();
-            let mut rest = arrivals.as_slice();
-            for cut in cuts.iter().cycle() {
-                if rest.is_empty() {
-                    break;
-                }
-                let (batch, tail) = rest.split_at((*cut).min(rest.len()));
-                apply(&store, batch).await;
-                rest = tail;
+            for batch in batches(&messages, &arrival, &cuts) {
+                apply(&store, &batch).await;
             }
-            let pens = |store: Store| async move {
-                let rows = store.list_pens(None, None, &penwarden_domain::access::Scope::All).await.unwrap();
-                rows.into_iter().map(|p| (p.pen_serial, p.online, p.firmware, p.model)).collect::<Vec<_>>()
-            };
-            let result = ((active(&reference).await, pens(reference).await), (active(&store).await, pens(store).await));
+            let result = (outcome(&reference).await, outcome(&store).await);
+            reference.close().await;
+            store.close().await;
             result
         });
         prop_assert_eq!(shuffled, in_order);
+    }
+
+    /// Three instances sharing one database apply the shuffled batches at once, each batch
+    /// going to one of them at random: two of them may be judging sessions of one cartridge,
+    /// or events of one pen, at the same moment. The record must end as one instance in order
+    /// leaves it.
+    #[test]
+    fn three_instances_at_once_give_one_instance_s_violations(
+        (messages, arrival, cuts) in scenario(),
+        instance_of_batch in prop::collection::vec(0usize..3, 1..16),
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(3).enable_all().build().unwrap();
+        let (in_order, concurrent) = runtime.block_on(async {
+            let (reference, _reference_scratch) = fresh_store().await;
+            apply(&reference, &messages.iter().collect::<Vec<_>>()).await;
+
+            let (first, scratch) = fresh_store().await;
+            let instances = [first, Store::connect(scratch.url()).await.unwrap(), Store::connect(scratch.url()).await.unwrap()];
+            let mut queues: [Vec<Vec<&Message>>; 3] = Default::default();
+            for (index, batch) in batches(&messages, &arrival, &cuts).into_iter().enumerate() {
+                queues[instance_of_batch[index % instance_of_batch.len()]].push(batch);
+            }
+            let [a, b, c] = queues;
+            tokio::join!(apply_all(&instances[0], a), apply_all(&instances[1], b), apply_all(&instances[2], c));
+            let result = (outcome(&reference).await, outcome(&instances[0]).await);
+            reference.close().await;
+            for instance in &instances {
+                instance.close().await;
+            }
+            result
+        });
+        prop_assert_eq!(concurrent, in_order);
     }
 }

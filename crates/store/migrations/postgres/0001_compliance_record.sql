@@ -235,13 +235,17 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+-- Row triggers, not statement triggers: a statement trigger fires for an INSERT … ON
+-- CONFLICT DO NOTHING that inserts nothing too, and would make every batch that names a known
+-- pen update this one row (serializing the batches of all instances on its lock, and making
+-- every instance read the directory again).
 CREATE TRIGGER pen_registered AFTER INSERT OR DELETE ON pens
-    FOR EACH STATEMENT EXECUTE FUNCTION directory_moved();
+    FOR EACH ROW EXECUTE FUNCTION directory_moved();
 CREATE TRIGGER pen_placed AFTER UPDATE OF clinic_id, model ON pens
     FOR EACH ROW WHEN (OLD.clinic_id IS DISTINCT FROM NEW.clinic_id OR OLD.model IS DISTINCT FROM NEW.model)
     EXECUTE FUNCTION directory_moved();
 CREATE TRIGGER clinic_registered AFTER INSERT ON clinics
-    FOR EACH STATEMENT EXECUTE FUNCTION directory_moved();
+    FOR EACH ROW EXECUTE FUNCTION directory_moved();
 CREATE TRIGGER clinic_moved AFTER UPDATE OF chain_id ON clinics
     FOR EACH ROW WHEN (OLD.chain_id IS DISTINCT FROM NEW.chain_id)
     EXECUTE FUNCTION directory_moved();

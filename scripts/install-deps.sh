@@ -11,6 +11,10 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
 # Tests issue certificates with scripts/issue-certs.sh.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# PostgreSQL's server and client (the store suite and the end-to-end tests also run on it;
+# scripts/test.sh starts a private server when none answers at 127.0.0.1:5432).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 # The demo's summary uses curl and python3.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

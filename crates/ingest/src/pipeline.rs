@@ -59,6 +59,9 @@ const QUARANTINE_EXCERPT_BYTES: usize = 256;
 const OUTBOX_ROWS_PER_BATCH: i64 = 200;
 /// While InfluxDB is down, how often a batch tries it again instead of going to the spool.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an instance holds the outbox rows it is delivering: longer than one InfluxDB write
+/// with its retries takes, short enough that rows a crashed instance held go out soon after.
+const OUTBOX_CLAIM_MS: i64 = 60_000;
 /// With no messages arriving, how often acks that found the client's queue full are retried.
 const ACK_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 /// With no messages arriving, how often the outbox is read: the API adds derived points to it
@@ -624,7 +627,8 @@ impl Delivery {
         // The batch's own lines are the prefix of the buffer; outbox rows are appended.
         let telemetry_len = lines.as_str().len();
         // Read every time: a lot recall over the API adds derived points to the outbox too.
-        let outbox = self.store.pending_outbox(OUTBOX_ROWS_PER_BATCH).await?;
+        // Claimed, so another instance sharing the store does not deliver the same rows.
+        let outbox = self.store.claim_outbox(OUTBOX_ROWS_PER_BATCH, now_ms, OUTBOX_CLAIM_MS).await?;
         if telemetry_len == 0 && outbox.is_empty() {
             return Ok(());
         }
@@ -665,9 +669,13 @@ impl Delivery {
                         self.influx_down_since = Some(now_ms);
                     }
                 }
-                Err(other) => return Err(other.into()),
+                Err(other) => {
+                    self.release_claims(&outbox).await;
+                    return Err(other.into());
+                }
             }
         }
+        self.release_claims(&outbox).await;
         let telemetry = &lines.as_str()[..telemetry_len];
         let oldest = outbox.first().map(|row| row.created_ms);
         if telemetry.is_empty() {
@@ -694,6 +702,15 @@ impl Delivery {
         metrics::counter!("penwarden_points_spooled_total").increment(spooled);
         self.report_spool(oldest.or(Some(now_ms)), now_ms);
         Ok(())
+    }
+
+    /// Gives undelivered outbox rows back at once, for the next attempt of any instance. If the
+    /// store cannot take that now, the claim runs out by itself (`OUTBOX_CLAIM_MS`).
+    async fn release_claims(&self, outbox: &[penwarden_store::OutboxRow]) {
+        let ids: Vec<i64> = outbox.iter().map(|row| row.id).collect();
+        if let Err(error) = self.store.release_outbox(&ids).await {
+            tracing::warn!(%error, rows = ids.len(), "cannot release outbox rows; their claim runs out by itself");
+        }
     }
 
     /// Lines InfluxDB refused for good go to the quarantine with its reason, before the

@@ -198,6 +198,16 @@ impl Dialect {
         }
     }
 
+    /// Appended to a `SELECT` whose rows the statement will update: rows another transaction
+    /// has locked are passed over instead of waited for (PostgreSQL). SQLite has one writer at
+    /// a time, so there is nothing to pass over.
+    pub(crate) fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
     /// `texts` joined by commas, as an aggregate.
     pub(crate) fn comma_list(self, texts: &str) -> String {
         match self {

@@ -191,7 +191,8 @@ impl Store {
         Ok(rows.into_iter().filter_map(|(pen, seq)| Some((PenSerial::parse(&pen).ok()?, seq.max(0) as u64))).collect())
     }
 
-    /// Oldest outbox rows first, at most `limit`.
+    /// Oldest outbox rows first, at most `limit`, claimed or not (to look at; ingest claims
+    /// what it delivers with `claim_outbox`).
     pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>> {
         let rows: Vec<(i64, String, i64)> = reading!(self, pool => {
             sqlx::query_as("SELECT id, lines, created_ms FROM influx_outbox ORDER BY id LIMIT $1")
@@ -200,6 +201,39 @@ impl Store {
                 .await?
         });
         Ok(rows.into_iter().map(|(id, lines, created_ms)| OutboxRow { id, lines, created_ms }).collect())
+    }
+
+    /// Claims the oldest unclaimed outbox rows, at most `limit`, for `lease_ms` from `now_ms`:
+    /// no other instance sharing the store claims them meanwhile, so each row is delivered by
+    /// one instance. Delete them once delivered, or release them if they could not be; an
+    /// instance that dies holding a claim loses it when the lease runs out.
+    pub async fn claim_outbox(&self, limit: i64, now_ms: i64, lease_ms: i64) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "UPDATE influx_outbox SET claimed_until_ms = $1
+             WHERE id IN (SELECT id FROM influx_outbox WHERE claimed_until_ms IS NULL OR claimed_until_ms <= $2
+                          ORDER BY id LIMIT $3{})
+             RETURNING id, lines, created_ms",
+            self.backend.dialect().skip_locked()
+        );
+        let mut rows: Vec<(i64, String, i64)> = writing!(self, pool => {
+            sqlx::query_as(&sql).bind(now_ms.saturating_add(lease_ms)).bind(now_ms).bind(limit).fetch_all(pool).await?
+        });
+        rows.sort_unstable_by_key(|(id, _, _)| *id);
+        Ok(rows.into_iter().map(|(id, lines, created_ms)| OutboxRow { id, lines, created_ms }).collect())
+    }
+
+    /// Gives claimed rows back undelivered (InfluxDB is down), for whichever instance tries next.
+    pub async fn release_outbox(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE influx_outbox SET claimed_until_ms = NULL
+             WHERE id IN (SELECT CAST(released.value AS BIGINT) FROM {})",
+            self.backend.dialect().json_rows(1, "released")
+        );
+        writing!(self, pool => sqlx::query(&sql).bind(json_array(ids)).execute(pool).await.map(|_| ())?);
+        Ok(())
     }
 
     /// Forgets outbox rows once InfluxDB has accepted their lines. By id, not "up to an id":

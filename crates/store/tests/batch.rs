@@ -324,6 +324,28 @@ async fn outbox_lines_commit_with_the_batch() {
 }
 
 #[tokio::test]
+async fn an_outbox_row_is_claimed_by_one_instance_until_delivered_released_or_expired() {
+    let (first, scratch) = store().await;
+    let second = Store::connect(scratch.url()).await.unwrap();
+    for (lines, at) in [("m f=1i 1", 1), ("m f=2i 2", 2), ("m f=3i 3", 3)] {
+        first.spool(lines, at).await.unwrap();
+    }
+    let claimed = first.claim_outbox(2, 1_000, 60_000).await.unwrap();
+    assert_eq!(claimed.iter().map(|row| row.created_ms).collect::<Vec<_>>(), [1, 2], "oldest first");
+    let rest = second.claim_outbox(10, 1_000, 60_000).await.unwrap();
+    assert_eq!(rest.iter().map(|row| row.created_ms).collect::<Vec<_>>(), [3], "never a claimed row");
+    assert!(second.claim_outbox(10, 2_000, 60_000).await.unwrap().is_empty());
+    // Delivered: gone. Not delivered: released, and the next claim takes it at once.
+    first.delete_outbox(&[claimed[0].id]).await.unwrap();
+    first.release_outbox(&[claimed[1].id]).await.unwrap();
+    assert_eq!(second.claim_outbox(10, 2_000, 60_000).await.unwrap(), [claimed[1].clone()]);
+    // The claim of an instance that died runs out.
+    assert!(first.claim_outbox(10, 60_999, 60_000).await.unwrap().is_empty());
+    assert_eq!(first.claim_outbox(10, 61_000, 60_000).await.unwrap(), rest);
+    second.close().await;
+}
+
+#[tokio::test]
 async fn authenticity_expiry_and_retroactive_recall() {
     let (store, _dir) = store().await;
     let unknown_lot = "(01)09506000134352(17)301231(10)NOLOT(21)U1";

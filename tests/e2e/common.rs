@@ -213,3 +213,68 @@ pub(crate) fn apikey_cli(penwarden: &Penwarden, args: &[&str]) -> (bool, String,
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     (output.status.success(), stdout, String::from_utf8_lossy(&output.stderr).into_owned())
 }
+
+/// Every change a WatchViolations client of one instance receives, across that instance's
+/// deaths: whenever the stream ends it connects again (retrying while the instance is down)
+/// and resumes from the cursor of the last change it got, as a client should.
+pub(crate) struct Follower {
+    pub(crate) changes: std::sync::Arc<std::sync::Mutex<Vec<api::ViolationChange>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    pub(crate) fn follow(penwarden: &Penwarden) -> Follower {
+        let (endpoint, token) = (penwarden.endpoint(), penwarden.admin_token.clone());
+        let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<api::ViolationChange>::new()));
+        let into = changes.clone();
+        let task = tokio::spawn(async move {
+            use tokio_stream::StreamExt;
+            loop {
+                let cursor = into.lock().unwrap().last().map(|change| change.cursor.clone()).unwrap_or_default();
+                let request =
+                    api::WatchViolationsRequest { from_beginning: cursor.is_empty(), cursor, ..Default::default() };
+                if let Ok(channel) = penwarden_proto::connect(&endpoint, &Default::default()).await {
+                    let token = penwarden_proto::BearerToken::new(&token).expect("a header-safe token");
+                    let mut client =
+                        penwarden_proto::api::v1::compliance_service_client::ComplianceServiceClient::with_interceptor(
+                            channel, token,
+                        );
+                    if let Ok(response) = client.watch_violations(request).await {
+                        let mut stream = response.into_inner();
+                        while let Some(Ok(change)) = stream.next().await {
+                            into.lock().unwrap().push(change);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Follower { changes, task }
+    }
+
+    /// Waits until the changes received leave exactly `active` (violation ids) active, and
+    /// checks that no change came twice or out of order; returns how many it received.
+    pub(crate) async fn saw_exactly(&self, active: &std::collections::BTreeSet<i64>) -> usize {
+        let changes = wait_for("a watcher to see every violation", Duration::from_secs(20), || async {
+            let changes = self.changes.lock().unwrap().clone();
+            let mut last_state = BTreeMap::new();
+            for change in &changes {
+                let violation = change.violation.as_ref().expect("a change names its violation");
+                last_state.insert(violation.id, violation.retracted_unix_ms == 0);
+            }
+            let seen: std::collections::BTreeSet<i64> =
+                last_state.iter().filter(|(_, active)| **active).map(|(id, _)| *id).collect();
+            (seen == *active).then_some(changes)
+        })
+        .await;
+        let cursors: Vec<i64> = changes.iter().map(|change| change.cursor[1..].parse().expect("cursor c<n>")).collect();
+        assert!(cursors.windows(2).all(|pair| pair[0] < pair[1]), "no change twice, none out of order: {cursors:?}");
+        changes.len()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

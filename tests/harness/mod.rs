@@ -65,6 +65,11 @@ impl Process {
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let status = Command::new("kill").arg("-TERM").arg(self.id().to_string()).status().expect("kill");
         assert!(status.success(), "could not signal {}", self.name);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit (after a signal) and reaps it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
         let deadline = Instant::now() + timeout;
         loop {
@@ -72,7 +77,7 @@ impl Process {
                 self.child = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?} after SIGTERM", self.name);
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.name);
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -348,6 +353,114 @@ impl Influxd {
     }
 }
 
+/// A PostgreSQL server of the test's own (initdb in a temporary directory, a free port,
+/// trust authentication on loopback), for fault tests that stop and start the database: the
+/// machine's server is never touched. Run as the `postgres` user when the test runs as root
+/// (PostgreSQL refuses root).
+pub struct Postgres {
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    run_as: Option<(u32, u32)>,
+    process: Option<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub async fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server under /usr/lib/postgresql (scripts/install-deps.sh installs it)")
+            .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
+            .filter(|bin| bin.join("initdb").exists())
+            .max_by_key(|bin| bin.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()))
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let run_as = unix_user_ids("postgres").filter(|_| is_root());
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("give the data directory to postgres");
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "--no-sync"]);
+        initdb.stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::process::CommandExt::uid(&mut initdb, uid);
+            std::os::unix::process::CommandExt::gid(&mut initdb, gid);
+        }
+        assert!(initdb.status().expect("run initdb").success(), "initdb failed");
+        let mut postgres = Postgres { port: free_port(), bin, data, run_as, process: None, _dir: dir };
+        postgres.resume().await;
+        postgres
+    }
+
+    /// The URL of its maintenance database (a test may use it as penwarden's store).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Immediate shutdown (SIGQUIT: every connection dropped, in-flight transactions lost,
+    /// crash recovery at the next start), then a start on the same data and port.
+    pub async fn restart_immediately(&mut self) {
+        self.stop_immediately();
+        self.resume().await;
+    }
+
+    fn stop_immediately(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.signal("QUIT");
+            process.wait_exit(Duration::from_secs(30));
+        }
+    }
+
+    async fn resume(&mut self) {
+        let mut command = Command::new(self.bin.join("postgres"));
+        command
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-k"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, gid);
+        }
+        self.process = Some(Process::spawn("postgres", &mut command));
+        let url = self.url();
+        wait_for("PostgreSQL to accept connections", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                use sqlx::Connection;
+                sqlx::PgConnection::connect(&url).await.ok()?.close().await.ok()
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Postgres {
+    /// SIGQUIT, not the SIGKILL a `Process` gets: a postmaster killed outright leaves its
+    /// backends running.
+    fn drop(&mut self) {
+        self.stop_immediately();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+        status.lines().find_map(|line| line.strip_prefix("Uid:")?.split_whitespace().next()?.parse::<u32>().ok())
+    }) == Some(0)
+}
+
+/// A user's uid and gid, from /etc/passwd.
+fn unix_user_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&name)).then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))?
+    })
+}
+
 /// VictoriaMetrics, which implements the InfluxDB v2 write API.
 pub struct Victoria {
     pub port: u16,
@@ -438,6 +551,11 @@ impl Penwarden {
     pub async fn start_in(dir: tempfile::TempDir, mqtt_url: &str, extra_env: &[(&str, String)]) -> Penwarden {
         let url = format!("sqlite:{}", dir.path().join("penwarden.db").display());
         Self::start_on(dir, url, None, mqtt_url, extra_env).await
+    }
+
+    /// Like `start`, on the store `store_url` names (a test's own PostgreSQL server, say).
+    pub async fn start_with_store(store_url: &str, mqtt_url: &str, extra_env: &[(&str, String)]) -> Penwarden {
+        Self::start_on(tempfile::tempdir().expect("tempdir"), store_url.to_owned(), None, mqtt_url, extra_env).await
     }
 
     /// Like `start`, on a SQLite store in a temporary directory whatever PENWARDEN_TEST_STORE

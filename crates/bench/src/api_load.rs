@@ -12,10 +12,10 @@ use crate::seed;
 
 const WORKERS: usize = 64;
 
+/// On the store PENWARDEN_TEST_STORE names (SQLite unless told).
 pub(crate) async fn run(rate: u64, seconds: u64) -> serde_json::Value {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("penwarden.db");
-    seed::seed(&db.display().to_string(), 1_000_000, 200_000, 100_000).await;
+    let scratch = penwarden_store::scratch::ScratchStore::new().await;
+    seed::seed(scratch.url(), 1_000_000, 200_000, 100_000).await;
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
     // One key offers the whole load: its rate limit is off, so that the API's capacity is
@@ -25,7 +25,7 @@ pub(crate) async fn run(rate: u64, seconds: u64) -> serde_json::Value {
         ("PENWARDEN_INFLUX_API", "v1".to_string()),
         ("PENWARDEN_API_RATE_LIMIT_BURST", "0".to_string()),
     ];
-    let mut penwarden = Penwarden::start_in(dir, &mosquitto.url(), &env).await;
+    let mut penwarden = Penwarden::start_with_store(scratch.url(), &mosquitto.url(), &env).await;
     // Ready time on the seeded store: stop, then time a start until gRPC answers (50 ms polls).
     let status = penwarden.process.terminate(Duration::from_secs(30));
     assert!(status.success(), "penwarden stops cleanly");

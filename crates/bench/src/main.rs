@@ -28,9 +28,11 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Writes a store with target 4's volumes (1M cartridges, 200k sessions, 100k violations).
-    Seed { path: std::path::PathBuf },
-    /// Target 4: seeds a store, starts `penwarden serve` on it and drives its API.
+    /// Writes a store with target 4's volumes (1M cartridges, 200k sessions, 100k violations)
+    /// to `sqlite:PATH` or an empty PostgreSQL database (`postgres://…`).
+    Seed { store: String },
+    /// Target 4: seeds a store (the one PENWARDEN_TEST_STORE names), starts `penwarden serve`
+    /// on it and drives its API.
     Api {
         /// Requests per second offered.
         #[arg(default_value_t = 10_000)]
@@ -78,6 +80,11 @@ struct LoadOptions {
     /// Background telemetry (samples/s) while the latency scenario probes.
     #[arg(long, default_value_t = 100_000)]
     background_rate: u64,
+    /// penwarden instances sharing the store and the fleet (an MQTT shared subscription) in
+    /// the throughput and overload scenarios. The store is the one PENWARDEN_TEST_STORE names
+    /// (SQLite unless told; `postgres` for a new database on 127.0.0.1:5432).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
     /// Scenarios to run, comma-separated (default: all).
     #[arg(long, value_delimiter = ',', value_enum,
           default_values_t = [Scenario::Throughput, Scenario::Gzip, Scenario::Latency, Scenario::Ceilings])]
@@ -104,17 +111,50 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds the PostgreSQL server has used (every `postgres` process, and what its
+/// postmaster reaped of exited backends): the store's cost on PostgreSQL. The server may serve
+/// other databases too; the benchmark assumes they are idle.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0.0;
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, rest)| rest.rsplit_once(')')) else {
+            continue;
+        };
+        if name != "postgres" {
+            continue;
+        }
+        let fields: Vec<f64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
+        // utime, stime, cutime, cstime: fields 14 to 17 of the line, 11 to 14 after the name.
+        total += fields.get(11..15).map_or(0.0, |times| times.iter().sum::<f64>()) / 100.0;
+    }
+    total
+}
+
 struct Stack {
     mosquitto: Mosquitto,
     influxd: Influxd,
     penwarden: Penwarden,
+    /// Further instances on the same store and fleet (`--instances`).
+    others: Vec<Penwarden>,
 }
 
-async fn stack(gzip: bool) -> Stack {
-    stack_with(gzip, &[]).await
+impl Stack {
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(&self.penwarden).chain(&self.others).map(|instance| instance.process.id()).collect()
+    }
 }
 
-async fn stack_with(gzip: bool, extra_env: &[(&str, String)]) -> Stack {
+async fn stack(gzip: bool, instances: usize) -> Stack {
+    stack_with(gzip, instances, &[]).await
+}
+
+async fn stack_with(gzip: bool, instances: usize, extra_env: &[(&str, String)]) -> Stack {
     let mosquitto = Mosquitto::start().await;
     let influxd = Influxd::start().await;
     let mut env = vec![
@@ -125,15 +165,22 @@ async fn stack_with(gzip: bool, extra_env: &[(&str, String)]) -> Stack {
         ("RUST_LOG", "warn".to_string()),
     ];
     env.extend(extra_env.iter().cloned());
+    if instances > 1 {
+        env.push(("PENWARDEN_MQTT_SHARE_GROUP", "bench".to_string()));
+    }
     let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
-    Stack { mosquitto, influxd, penwarden }
+    let mut others = Vec::new();
+    for _ in 1..instances {
+        others.push(Penwarden::start_sharing(&penwarden, &[]).await);
+    }
+    Stack { mosquitto, influxd, penwarden, others }
 }
 
 /// Above capacity: `rate` for `duration_s`, then nothing, with penwarden's metrics read every
 /// second: points written per second during the load and after it, reconnects, drain time.
 async fn overload_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let stack = stack_with(false, &[("PENWARDEN_METRICS_ADDR", metrics_addr.clone())]).await;
+    let stack = stack_with(false, 1, &[("PENWARDEN_METRICS_ADDR", metrics_addr.clone())]).await;
     let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(f64, f64)>::new()));
     let (sampler_addr, sampler_written) = (metrics_addr.clone(), written.clone());
     let started = Instant::now();
@@ -174,8 +221,10 @@ async fn overload_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Va
 
 /// One load run: offered rate for the duration, then verify every sample landed.
 async fn load_run(stack: &Stack, pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
-    let pid = stack.penwarden.process.id();
-    let cpu_before = cpu_seconds(pid);
+    let pids = stack.pids();
+    let cpu_of_instances = || pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
+    let cpu_before = cpu_of_instances();
+    let postgres_before = postgres_cpu_seconds();
     let started = Instant::now();
     let output = tokio::process::Command::new(binary("pensim"))
         .args(["--mqtt-url", &stack.mosquitto.url(), "--pens", &pens.to_string(), "--connections", "4"])
@@ -187,12 +236,19 @@ async fn load_run(stack: &Stack, pens: usize, rate: u64, duration_s: u64) -> ser
     assert!(output.status.success(), "pensim failed: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu = cpu_of_instances() - cpu_before;
     let samples = result["samples"].as_f64().unwrap_or(0.0);
     let landed = result["landed_samples"].as_f64().unwrap_or(0.0);
+    result["instances"] = pids.len().into();
+    result["store"] = format!("{:?}", penwarden_store::scratch::ScratchStore::chosen_kind()).into();
     result["penwarden_cpu_s"] = round3(cpu).into();
     result["penwarden_cpu_s_per_million_samples"] = round3(cpu / (samples / 1e6)).into();
-    result["penwarden_peak_rss_mib"] = round3(peak_rss_mib(pid)).into();
+    if penwarden_store::scratch::ScratchStore::chosen_kind() == penwarden_store::BackendKind::Postgres {
+        let postgres = postgres_cpu_seconds() - postgres_before;
+        result["postgres_cpu_s"] = round3(postgres).into();
+        result["postgres_cpu_s_per_million_samples"] = round3(postgres / (samples / 1e6)).into();
+    }
+    result["penwarden_peak_rss_mib"] = round3(pids.iter().map(|pid| peak_rss_mib(*pid)).fold(0.0, f64::max)).into();
     result["wall_s"] = round3(started.elapsed().as_secs_f64()).into();
     // Sustained: nothing lost, and the backlog drained within 5 s of the load stopping.
     let drained = result["verify_wait_s"].as_f64().unwrap_or(f64::MAX) <= 5.0;
@@ -416,7 +472,7 @@ fn machine() -> serde_json::Value {
 async fn main() {
     let cli = <Cli as clap::Parser>::parse();
     match cli.command {
-        Some(Command::Seed { path }) => return seed::seed(&path.to_string_lossy(), 1_000_000, 200_000, 100_000).await,
+        Some(Command::Seed { store }) => return seed::seed(&store, 1_000_000, 200_000, 100_000).await,
         Some(Command::Api { rate, seconds }) => {
             let result = api_load::run(rate, seconds).await;
             println!("{}", serde_json::to_string_pretty(&result).expect("json"));
@@ -437,7 +493,7 @@ async fn main() {
             for &rate in &options.rates {
                 let mut runs = Vec::new();
                 for _ in 0..options.runs {
-                    let stack = stack(false).await;
+                    let stack = stack(false, options.instances).await;
                     runs.push(load_run(&stack, pens, rate, options.duration_s).await);
                 }
                 let sustained = runs.iter().all(|r| r["sustained"].as_bool() == Some(true));
@@ -448,8 +504,17 @@ async fn main() {
                 );
                 let rss = median(runs.iter().map(|r| r["penwarden_peak_rss_mib"].as_f64().unwrap_or(0.0)).collect());
                 let drain = median(runs.iter().map(|r| r["verify_wait_s"].as_f64().unwrap_or(0.0)).collect());
+                let postgres =
+                    runs.iter().filter_map(|r| r["postgres_cpu_s_per_million_samples"].as_f64()).collect::<Vec<_>>();
+                let postgres = if postgres.is_empty() {
+                    String::new()
+                } else {
+                    format!(", PostgreSQL CPU {:.2} s per million samples", median(postgres))
+                };
                 rows.push(format!(
-                    "| throughput | {pens} pens, offered {rate}/s, gzip off | {achieved:.0} samples/s published, {} | CPU {cpu:.2} s per million samples, peak RSS {rss:.0} MiB, drained in {drain:.1} s |",
+                    "| throughput | {pens} pens, offered {rate}/s, gzip off, {} instance(s), {:?} store | {achieved:.0} samples/s published, {} | CPU {cpu:.2} s per million samples (all instances){postgres}, peak RSS {rss:.0} MiB, drained in {drain:.1} s |",
+                    options.instances,
+                    penwarden_store::scratch::ScratchStore::chosen_kind(),
                     if sustained { "all landed, sustained" } else { "NOT sustained" }
                 ));
                 throughput
@@ -463,7 +528,7 @@ async fn main() {
         // Target 2 with gzip on, at 100k samples/s.
         let mut gzip_runs = Vec::new();
         for _ in 0..options.runs {
-            let stack = stack(true).await;
+            let stack = stack(true, 1).await;
             gzip_runs.push(load_run(&stack, 1000, 100_000, options.duration_s).await);
         }
         let cpu = median(
@@ -507,7 +572,7 @@ async fn main() {
         // Target 3.
         let mut latency_runs = Vec::new();
         for _ in 0..options.runs {
-            let stack = stack(false).await;
+            let stack = stack(false, 1).await;
             latency_runs.push(alert_latency(&stack, options.background_rate, 200).await);
         }
         let p50 = median(latency_runs.iter().map(|r| r["p50_ms"].as_f64().unwrap_or(0.0)).collect());

@@ -659,6 +659,15 @@ impl Delivery {
                         let drained: u64 = outbox.iter().map(|row| row.lines.len() as u64).sum();
                         self.spool_bytes = self.spool_bytes.saturating_sub(drained);
                     }
+                    // The count kept here drifts: the committer adds a batch's derived rows to
+                    // the outbox before this stage hears of their bytes (a delivery may take
+                    // them first), and other instances sharing the store spool and deliver
+                    // too. Once this instance sees no more rows to take, the store says what
+                    // is left (a scan of what is left: next to nothing, or rows claimed by
+                    // others).
+                    if (outbox.len() as i64) < OUTBOX_ROWS_PER_BATCH && self.spool_bytes != 0 {
+                        self.spool_bytes = self.store.outbox_bytes().await?;
+                    }
                     let oldest = if outbox.len() as i64 == OUTBOX_ROWS_PER_BATCH { outbox.last() } else { None };
                     self.report_spool(oldest.map(|row| row.created_ms), now_ms);
                     return Ok(());

@@ -13,8 +13,24 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A port the OS considers free right now on 127.0.0.1.
+/// A loopback port nothing listens on now, for a server a test starts. Taken below the
+/// kernel's range for ephemeral ports (32768 and up on Linux), where the port `bind(0)` gives
+/// came from: between this call and the server's bind, any outgoing connection (to a broker,
+/// a database) could be given an ephemeral port, and the server then fails with "address in
+/// use". The ports are walked from a start that differs per test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..COUNT {
+        let port = (FIRST + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// The directory holding the workspace's built binaries: the one the running executable is in

@@ -5,6 +5,7 @@
 mod api;
 mod audit;
 mod common;
+mod dashboards;
 mod faults;
 mod instances;
 mod line_protocol;

@@ -60,6 +60,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .install()
             .with_context(|| format!("cannot serve Prometheus metrics on {addr}"))?;
         tracing::info!(%addr, "Prometheus metrics on /metrics");
+        zero_counters();
     }
 
     let directory = store.directory().clone();
@@ -142,5 +143,26 @@ async fn follow_directory_changes(store: Store, mut stop: watch::Receiver<bool>)
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not check the pen directory for changes; trying again"),
         }
+    }
+}
+
+/// Counters without labels start at 0 on /metrics instead of appearing with their first
+/// event: a dashboard then shows "0 reconnects", not "no data", and a rate over them is
+/// defined from the start.
+fn zero_counters() {
+    for name in [
+        "penwarden_mqtt_messages_received_total",
+        "penwarden_mqtt_messages_acked_total",
+        "penwarden_mqtt_reconnects_total",
+        "penwarden_duplicate_events_total",
+        "penwarden_seq_conflicts_total",
+        "penwarden_influx_points_written_total",
+        "penwarden_influx_points_rejected_total",
+        "penwarden_influx_write_failures_total",
+        "penwarden_points_spooled_total",
+        "penwarden_quarantine_replayed_total",
+        "penwarden_store_commit_failures_total",
+    ] {
+        metrics::counter!(name).absolute(0);
     }
 }

@@ -302,3 +302,51 @@ fn metric_names(expr: &str) -> Vec<String> {
     }
     names
 }
+
+/// With `database_per_chain`, each chain's points are in a database of its own (which
+/// InfluxDB's per-database permissions can then give to that chain alone), none of another
+/// chain's among them, and together exactly what the fleet sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_chain_s_points_go_to_a_database_of_its_own() {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_INFLUX_DATABASE_PER_CHAIN", "penwarden_{chain}".into()),
+    ];
+    let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    let args = common::pensim_args_injecting(&mosquitto, &penwarden, "fleet", 8, 8, "reuse=0.3", &["--seed", "43"]);
+    let summary = run_pensim(&args).await;
+    let samples = summary["samples"].as_u64().expect("samples");
+    let sessions = summary["sessions"].as_u64().expect("sessions");
+    let count = |database: String, query: String| {
+        let influxd = &influxd;
+        async move { influxd.query_scalar(&database, &query).await.and_then(|v| v.as_u64()) }
+    };
+    let chains = ["chain-1", "chain-2"];
+    let landed = common::wait_for_count("every sample in the chains' databases", samples, || async {
+        let mut total = 0;
+        for chain in chains {
+            total += count(format!("penwarden_{chain}"), "SELECT count(depth_mm) FROM pen_telemetry".into()).await?;
+        }
+        Some(total)
+    })
+    .await;
+    assert_eq!(landed, samples, "each sample once, in its chain's database");
+    let mut session_points = 0;
+    for chain in chains {
+        let database = format!("penwarden_{chain}");
+        for measurement in ["pen_telemetry", "pen_session", "compliance_violation", "pen_status"] {
+            let own = count(database.clone(), format!("SELECT count(*) FROM {measurement} WHERE chain = '{chain}'"));
+            assert!(own.await.is_some(), "{chain} has {measurement} points");
+            let foreign =
+                count(database.clone(), format!("SELECT count(*) FROM {measurement} WHERE chain != '{chain}'"));
+            assert_eq!(foreign.await, None, "no other chain's {measurement} in {database}");
+        }
+        session_points += count(database, "SELECT count(strokes) FROM pen_session".into()).await.unwrap_or(0);
+    }
+    assert_eq!(session_points, sessions);
+    let in_default = count(DATABASE.into(), "SELECT count(depth_mm) FROM pen_telemetry WHERE chain =~ /./".into());
+    assert_eq!(in_default.await, None, "no chain's points in the shared database");
+}

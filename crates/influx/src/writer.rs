@@ -44,6 +44,11 @@ pub struct Options {
     pub api: Api,
     /// Database (v1) or bucket (v2).
     pub database: String,
+    /// When set, each chain's points go to a database (v1) or bucket (v2) of its own, named
+    /// by this template with `{chain}` replaced by the chain id (`penwarden_{chain}`), so
+    /// InfluxDB's own per-database access control can keep chains apart. Points of pens not
+    /// in a chain yet go to `database`. Empty: every point to `database`.
+    pub database_per_chain: String,
     /// Organization (v2 only).
     pub org: String,
     /// v2: API token; v1: `user:password`, sent as HTTP basic authentication. Empty for none.
@@ -66,6 +71,7 @@ impl Default for Options {
             url: "http://127.0.0.1:8086".into(),
             api: Api::V2,
             database: "penwarden".into(),
+            database_per_chain: String::new(),
             org: "penwarden".into(),
             token: String::new(),
             gzip: true,
@@ -131,6 +137,8 @@ pub struct Writer {
     backend: Backend,
     probe: reqwest::Client,
     options: Options,
+    /// v1 databases created so far (per-chain databases are created at their first point).
+    created: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Writer {
@@ -148,6 +156,12 @@ impl Writer {
         if options.database.is_empty() {
             return Err(Error::Config("database (or bucket) must not be empty".into()));
         }
+        if !options.database_per_chain.is_empty() && !options.database_per_chain.contains("{chain}") {
+            return Err(Error::Config(format!(
+                "database_per_chain {:?} must contain {{chain}}",
+                options.database_per_chain
+            )));
+        }
         let timeout = Duration::from_millis(options.request_timeout_ms);
         let mut headers = HeaderMap::new();
         if options.gzip {
@@ -159,8 +173,7 @@ impl Writer {
         let build_error = |e: reqwest::Error| Error::Config(e.to_string());
         let backend = match options.api {
             Api::V1 => {
-                let mut write_url = base.join("write").map_err(|e| Error::Config(e.to_string()))?;
-                write_url.query_pairs_mut().append_pair("db", &options.database).append_pair("precision", "ms");
+                let write_url = base.join("write").map_err(|e| Error::Config(e.to_string()))?;
                 let credentials = v1_credentials(&options.token);
                 Backend::V1 { http: http_builder().build().map_err(build_error)?, write_url, credentials }
             }
@@ -176,7 +189,7 @@ impl Writer {
             }
         };
         let probe = reqwest::Client::builder().timeout(timeout).build().map_err(build_error)?;
-        Ok(Writer { backend, probe, options })
+        Ok(Writer { backend, probe, options, created: Default::default() })
     }
 
     /// Checks that the server answers, for a clear error at start rather than at first write.
@@ -204,13 +217,27 @@ impl Writer {
     /// Creates the database on an InfluxDB 1.x server (idempotent there); a no-op for v2,
     /// where buckets are provisioned by the server's owner.
     pub async fn ensure_database(&self) -> Result<(), Error> {
-        if self.options.api != Api::V1 {
+        self.create_database(&self.options.database).await
+    }
+
+    /// The database (v1) or bucket (v2) a line goes to: its chain's with `database_per_chain`.
+    fn database_of<'l>(&'l self, line: &'l str) -> std::borrow::Cow<'l, str> {
+        match chain_of(line) {
+            Some(chain) if !self.options.database_per_chain.is_empty() => {
+                self.options.database_per_chain.replace("{chain}", chain).into()
+            }
+            _ => self.options.database.as_str().into(),
+        }
+    }
+
+    async fn create_database(&self, database: &str) -> Result<(), Error> {
+        if self.options.api != Api::V1 || self.created.lock().unwrap_or_else(|p| p.into_inner()).contains(database) {
             return Ok(());
         }
         let url = reqwest::Url::parse(&self.options.url)
             .and_then(|u| u.join("query"))
             .map_err(|e| Error::Config(e.to_string()))?;
-        let statement = format!("CREATE DATABASE \"{}\"", self.options.database.replace('"', "\\\""));
+        let statement = format!("CREATE DATABASE \"{}\"", database.replace('"', "\\\""));
         let mut request = self.probe.post(url).form(&[("q", statement)]);
         if let Some((user, password)) = v1_credentials(&self.options.token) {
             request = request.basic_auth(user, Some(password));
@@ -218,6 +245,7 @@ impl Writer {
         let unreachable = |reason: String| Error::Unreachable { url: self.options.url.clone(), reason };
         let response = request.send().await.map_err(|e| unreachable(e.to_string()))?;
         if response.status().is_success() {
+            self.created.lock().unwrap_or_else(|p| p.into_inner()).insert(database.to_owned());
             Ok(())
         } else {
             Err(unreachable(format!("CREATE DATABASE answered {}", response.status())))
@@ -237,13 +265,23 @@ impl Writer {
     ) -> Result<WriteReport, Error> {
         use futures_util::StreamExt;
         let give_up_at = patience.map(|patience| std::time::Instant::now() + patience);
-        let lines: Vec<&str> = body.lines().filter(|line| !line.is_empty()).collect();
+        // Lines by the database (or bucket) they go to: one, unless chains have their own.
+        let mut by_database: std::collections::BTreeMap<std::borrow::Cow<'_, str>, Vec<&str>> = Default::default();
+        for line in body.lines().filter(|line| !line.is_empty()) {
+            by_database.entry(self.database_of(line)).or_default().push(line);
+        }
+        for database in by_database.keys() {
+            self.create_database(database).await.map_err(|error| Error::Unavailable(error.to_string()))?;
+        }
         // Futures are lazy: collecting them starts nothing; the stream runs a few at a time.
         // (Collecting first also keeps the stream's type free of a borrowing closure, which
         // would make the caller's future not `Send`.)
-        let requests: Vec<_> = lines
-            .chunks(self.options.max_lines_per_request.max(1))
-            .map(|chunk| self.write_chunk(chunk, give_up_at, shutdown.clone()))
+        let requests: Vec<_> = by_database
+            .iter()
+            .flat_map(|(database, lines)| {
+                lines.chunks(self.options.max_lines_per_request.max(1)).map(move |chunk| (database, chunk))
+            })
+            .map(|(database, chunk)| self.write_chunk(database, chunk, give_up_at, shutdown.clone()))
             .collect();
         let mut results =
             futures_util::stream::iter(requests).buffer_unordered(self.options.concurrent_requests.max(1));
@@ -271,6 +309,7 @@ impl Writer {
     /// Writes one request's lines, splitting them when InfluxDB finds the body too large.
     async fn write_chunk(
         &self,
+        database: &str,
         chunk: &[&str],
         give_up_at: Option<std::time::Instant>,
         mut shutdown: watch::Receiver<bool>,
@@ -282,7 +321,7 @@ impl Writer {
             loop {
                 report.requests += 1;
                 let started = std::time::Instant::now();
-                let attempt = self.send(chunk).await;
+                let attempt = self.send(database, chunk).await;
                 metrics::histogram!("penwarden_influx_write_duration_seconds").record(started.elapsed().as_secs_f64());
                 match attempt {
                     Attempt::Accepted => {
@@ -341,14 +380,16 @@ impl Writer {
         Ok(report)
     }
 
-    async fn send(&self, lines: &[&str]) -> Attempt {
+    async fn send(&self, database: &str, lines: &[&str]) -> Attempt {
         let body = match self.encode(lines) {
             Ok(body) => body,
             Err(e) => return Attempt::Retry(format!("cannot compress body: {e}")),
         };
         match &self.backend {
             Backend::V1 { http, write_url, credentials } => {
-                let mut request = http.post(write_url.clone()).body(body);
+                let mut url = write_url.clone();
+                url.query_pairs_mut().append_pair("db", database).append_pair("precision", "ms");
+                let mut request = http.post(url).body(body);
                 if let Some((user, password)) = credentials {
                     request = request.basic_auth(user, Some(password));
                 }
@@ -363,10 +404,7 @@ impl Writer {
             }
             Backend::V2 { client } => {
                 let precision = influxdb2::api::write::TimestampPrecision::Milliseconds;
-                match client
-                    .write_line_protocol_with_precision(&self.options.org, &self.options.database, body, precision)
-                    .await
-                {
+                match client.write_line_protocol_with_precision(&self.options.org, database, body, precision).await {
                     Ok(()) => Attempt::Accepted,
                     Err(influxdb2::RequestError::Http { status, text }) => classify(status, text),
                     Err(other) => Attempt::Retry(other.to_string()),
@@ -418,9 +456,46 @@ fn truncate(text: &str, max: usize) -> &str {
     }
 }
 
+/// The value of a line's `chain` tag, if it has one. penwarden writes the tags sorted and
+/// chain ids hold no character line protocol escapes (ASCII letters, digits, '-', '_', '.'),
+/// so the value ends at the next ',' or ' '.
+fn chain_of(line: &str) -> Option<&str> {
+    let tags_end = line.find(' ')?;
+    let start = line[..tags_end].find(",chain=")? + ",chain=".len();
+    let value = &line[start..tags_end];
+    Some(value.split(',').next().unwrap_or(value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_databases_per_chain_each_line_goes_to_its_chain_s_and_the_rest_to_the_default() {
+        let options = Options {
+            api: Api::V1,
+            database: "penwarden".into(),
+            database_per_chain: "penwarden_{chain}".into(),
+            ..Options::default()
+        };
+        let writer = Writer::new(options).unwrap();
+        let line = "pen_telemetry,chain=chain-1,clinic=c\\,chain\\=x,model=SP-2,pen=P1 depth_mm=1 1";
+        assert_eq!(writer.database_of(line), "penwarden_chain-1");
+        assert_eq!(
+            writer.database_of("pen_session,area=cheek,chain=north.eu,clinic=a,pen=P1 strokes=1i 1"),
+            "penwarden_north.eu"
+        );
+        assert_eq!(writer.database_of("pen_status,model=SP-2,pen=P9 battery_pct=80 1"), "penwarden", "no chain yet");
+        assert_eq!(
+            writer.database_of("pen_status,clinic=a\\,chain\\=b,pen=P9 x=1 1"),
+            "penwarden",
+            "an escaped look-alike"
+        );
+        let single = Writer::new(Options { api: Api::V1, ..Options::default() }).unwrap();
+        assert_eq!(single.database_of(line), "penwarden", "off by default");
+        let no_placeholder = Options { database_per_chain: "penwarden_chains".into(), ..Options::default() };
+        assert!(matches!(Writer::new(no_placeholder), Err(Error::Config(_))));
+    }
 
     #[tokio::test]
     async fn failed_writes_never_show_the_v1_password() {

@@ -170,6 +170,9 @@ impl Config {
         if let Some(v) = var("PENWARDEN_INFLUX_DB") {
             self.influx.database = v;
         }
+        if let Some(v) = var("PENWARDEN_INFLUX_DATABASE_PER_CHAIN") {
+            self.influx.database_per_chain = v;
+        }
         if let Some(v) = var("PENWARDEN_INFLUX_ORG") {
             self.influx.org = v;
         }

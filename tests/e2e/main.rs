@@ -7,6 +7,7 @@ mod audit;
 mod common;
 mod dashboards;
 mod faults;
+mod http_api;
 mod instances;
 mod line_protocol;
 mod overload;

@@ -1,11 +1,13 @@
-//! The gRPC API: ComplianceService, FleetService and QuarantineService, with standard health checking and
-//! server reflection so grpcurl and grpcui work out of the box. Every RPC of the three services
-//! authenticates its API key first and reads the record only within the key's scope.
+//! The gRPC API: ComplianceService, FleetService, QuarantineService and AuditService, with
+//! standard health checking and server reflection so grpcurl and grpcui work out of the box;
+//! and the same services over HTTP with JSON (`http`), when asked for. Every RPC authenticates
+//! its API key first and reads the record only within the key's scope.
 
 mod audit;
 mod auth;
 mod compliance;
 mod fleet;
+mod http;
 mod paging;
 mod quarantine;
 mod status;
@@ -31,6 +33,8 @@ pub use quarantine::QuarantineApi;
 pub enum Error {
     #[error("cannot listen for gRPC on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    BindHttp { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("gRPC TLS: {0}")]
@@ -70,6 +74,8 @@ pub struct Server {
     store: Store,
     derived_lines: DerivedLines,
     replays: Replays,
+    /// The JSON API over HTTP (`http`), when asked for.
+    http_listener: Option<TcpListener>,
 }
 
 /// Where ReplayQuarantine sends the messages it replays: the ingest pipeline.
@@ -89,11 +95,23 @@ impl Server {
     ) -> Result<Server, Error> {
         let tls = tls.map(ServerTlsFiles::config).transpose()?;
         let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-        Ok(Server { tls, rate_limit, listener, store, derived_lines, replays })
+        Ok(Server { tls, rate_limit, listener, store, derived_lines, replays, http_listener: None })
+    }
+
+    /// Serves the API over HTTP with JSON (crate::http) on `addr` too, beside gRPC.
+    pub async fn with_http(mut self, addr: SocketAddr) -> Result<Server, Error> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| Error::BindHttp { addr, source })?;
+        self.http_listener = Some(listener);
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where the HTTP API listens, if it does.
+    pub fn http_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.http_listener.as_ref().map(TcpListener::local_addr)
     }
 
     /// Serves until `shutdown` turns true; in-flight calls finish first.
@@ -110,25 +128,42 @@ impl Server {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let auth = std::sync::Arc::new(auth::Authenticator::new(self.store.clone(), self.rate_limit));
         let (auditor, audit_writer) = audit::Auditor::start(self.store.clone());
-        let compliance = ComplianceServiceServer::new(ComplianceApi::new(
-            self.store.clone(),
-            auth.clone(),
-            auditor.clone(),
-            shutdown.clone(),
-        ));
-        let fleet = FleetServiceServer::new(FleetApi::new(
-            self.store.clone(),
-            self.derived_lines.clone(),
-            auth.clone(),
-            auditor.clone(),
-        ));
-        let quarantine = QuarantineServiceServer::new(QuarantineApi::new(
-            self.store.clone(),
-            auth.clone(),
-            auditor.clone(),
-            self.replays,
-        ));
-        let audit = AuditServiceServer::new(audit::AuditApi::new(self.store.clone(), auth, auditor));
+        // One instance of each service, for gRPC and for the HTTP API alike.
+        let services = http::Services {
+            compliance: std::sync::Arc::new(ComplianceApi::new(
+                self.store.clone(),
+                auth.clone(),
+                auditor.clone(),
+                shutdown.clone(),
+            )),
+            fleet: std::sync::Arc::new(FleetApi::new(
+                self.store.clone(),
+                self.derived_lines.clone(),
+                auth.clone(),
+                auditor.clone(),
+            )),
+            quarantine: std::sync::Arc::new(QuarantineApi::new(
+                self.store.clone(),
+                auth.clone(),
+                auditor.clone(),
+                self.replays,
+            )),
+            audit: std::sync::Arc::new(audit::AuditApi::new(self.store.clone(), auth, auditor)),
+        };
+        let compliance = ComplianceServiceServer::from_arc(services.compliance.clone());
+        let fleet = FleetServiceServer::from_arc(services.fleet.clone());
+        let quarantine = QuarantineServiceServer::from_arc(services.quarantine.clone());
+        let audit = AuditServiceServer::from_arc(services.audit.clone());
+        let http_server = self.http_listener.map(|listener| {
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, http::router(services))
+                    .with_graceful_shutdown(async move {
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            })
+        });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         Ok(tokio::spawn(async move {
             health_reporter.set_serving::<ComplianceServiceServer<ComplianceApi>>().await;
@@ -151,8 +186,11 @@ impl Server {
                     let _ = shutdown.wait_for(|stop| *stop).await;
                 })
                 .await;
-            // The services, and with them the auditors, are gone: the writer appends what is
-            // left and ends.
+            // The services, and with them the auditors, are gone (the HTTP server's copies once
+            // it has stopped too): the writer appends what is left and ends.
+            if let Some(http_server) = http_server {
+                let _ = http_server.await;
+            }
             let _ = audit_writer.await;
             served?;
             Ok(())

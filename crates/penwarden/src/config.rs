@@ -45,6 +45,10 @@ pub(crate) struct ApiConfig {
     /// A burst of 0 turns the limit off.
     pub(crate) rate_limit_per_s: u32,
     pub(crate) rate_limit_burst: u32,
+    /// The same API over HTTP with JSON, and server-sent events for WatchViolations, on this
+    /// address (off when unset). Plaintext: beyond loopback only with `allow_plaintext`
+    /// (behind a proxy that terminates TLS).
+    pub(crate) http_addr: Option<SocketAddr>,
 }
 
 impl ApiConfig {
@@ -66,6 +70,13 @@ impl ApiConfig {
 
     /// Refuses plaintext gRPC beyond loopback unless allowed explicitly.
     pub(crate) fn check_plaintext(&self, tls: bool) -> Result<(), String> {
+        if let Some(http) = self.http_addr.filter(|addr| !self.allow_plaintext && !addr.ip().is_loopback()) {
+            return Err(format!(
+                "refusing to serve the HTTP API in plaintext on {http}: API keys would cross the network in the clear; \
+                 put it behind a proxy that terminates TLS and set --allow-plaintext (api.allow_plaintext, \
+                 PENWARDEN_GRPC_ALLOW_PLAINTEXT), or keep it on loopback"
+            ));
+        }
         if tls || self.allow_plaintext || self.grpc_addr.ip().is_loopback() {
             return Ok(());
         }
@@ -101,6 +112,7 @@ impl Default for ApiConfig {
             allow_plaintext: false,
             rate_limit_per_s: 100,
             rate_limit_burst: 1000,
+            http_addr: None,
         }
     }
 }
@@ -187,6 +199,9 @@ impl Config {
         }
         if let Some(v) = var("PENWARDEN_GRPC_ADDR") {
             self.api.grpc_addr = parse("PENWARDEN_GRPC_ADDR", v)?;
+        }
+        if let Some(v) = var("PENWARDEN_HTTP_ADDR") {
+            self.api.http_addr = Some(parse("PENWARDEN_HTTP_ADDR", v)?);
         }
         if let Some(v) = var("PENWARDEN_GRPC_TLS_CERT_FILE") {
             self.api.tls_cert_file = Some(v.into());
@@ -284,6 +299,10 @@ mod tests {
         api.grpc_addr = "[::1]:50051".parse().unwrap();
         api.allow_plaintext = false;
         assert_eq!(api.check_plaintext(false), Ok(()), "IPv6 loopback");
+        api.http_addr = Some("0.0.0.0:8080".parse().unwrap());
+        assert!(api.check_plaintext(true).unwrap_err().contains("HTTP API"), "HTTP has no TLS of its own");
+        api.allow_plaintext = true;
+        assert_eq!(api.check_plaintext(false), Ok(()), "behind a TLS proxy, allowed explicitly");
         // TLS files come in pairs.
         api.tls_cert_file = Some("cert.pem".into());
         assert!(api.tls().is_err());
@@ -358,6 +377,7 @@ mod tests {
             "api.tls_cert_file",
             "api.tls_key_file",
             "api.tls_client_ca_file",
+            "api.http_addr",
         ]
         .map(String::from)
         .to_vec();
@@ -375,6 +395,7 @@ mod tests {
         example_defaults.api.tls_cert_file = None;
         example_defaults.api.tls_key_file = None;
         example_defaults.api.tls_client_ca_file = None;
+        example_defaults.api.http_addr = None;
         assert_eq!(toml::Value::try_from(example_defaults).unwrap(), defaults, "example values differ from defaults");
     }
 

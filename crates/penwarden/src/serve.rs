@@ -78,6 +78,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         replays,
     )
     .await?;
+    let api = match config.api.http_addr {
+        Some(addr) => api.with_http(addr).await?,
+        None => api,
+    };
+    if let Some(addr) = api.http_addr() {
+        tracing::info!(addr = %addr?, "HTTP API (JSON, server-sent events) on /api/v1");
+    }
     let grpc_addr = api.local_addr()?;
     let ingest = penwarden_ingest::Service::connect(config.ingest.clone(), store.clone(), writer).await?;
     let stats = ingest.stats();

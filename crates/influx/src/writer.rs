@@ -222,11 +222,13 @@ impl Writer {
 
     /// The database (v1) or bucket (v2) a line goes to: its chain's with `database_per_chain`.
     fn database_of<'l>(&'l self, line: &'l str) -> std::borrow::Cow<'l, str> {
+        // Off (the default): no line is looked into.
+        if self.options.database_per_chain.is_empty() {
+            return self.options.database.as_str().into();
+        }
         match chain_of(line) {
-            Some(chain) if !self.options.database_per_chain.is_empty() => {
-                self.options.database_per_chain.replace("{chain}", chain).into()
-            }
-            _ => self.options.database.as_str().into(),
+            Some(chain) => self.options.database_per_chain.replace("{chain}", chain).into(),
+            None => self.options.database.as_str().into(),
         }
     }
 

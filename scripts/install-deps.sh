@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what penwarden's demo and tests need and a fresh Debian/Ubuntu lacks:
 # Mosquitto, InfluxDB 1.x (influxd, v1 write API and InfluxQL), VictoriaMetrics (InfluxDB v2
-# write API) and openssl (test certificates). Only the binaries are used: the tests start their
+# write API), openssl (test certificates) and headless Chromium with chromedriver (the console's
+# browser test). Only the binaries are used: the tests start their
 # own instances on free ports.
 set -euo pipefail
 
@@ -15,6 +16,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # scripts/test.sh starts a private server when none answers at 127.0.0.1:5432).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+# The compliance console's browser test drives Debian's Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # The demo's summary uses curl and python3.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

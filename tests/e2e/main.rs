@@ -5,6 +5,7 @@
 mod api;
 mod audit;
 mod common;
+mod console;
 mod dashboards;
 mod faults;
 mod http_api;

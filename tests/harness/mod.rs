@@ -58,7 +58,7 @@ fn require(program: &str) -> PathBuf {
             return path;
         }
     }
-    panic!("{program} is not installed: run the README's setup (apt-get install mosquitto influxdb victoria-metrics)")
+    panic!("{program} is not installed: run the README's setup (scripts/install-deps.sh)")
 }
 
 /// A child process killed (and reaped) on drop.
@@ -978,5 +978,76 @@ impl Publisher {
             async move { (acked.load(std::sync::atomic::Ordering::Relaxed) >= published).then_some(()) }
         })
         .await;
+    }
+}
+
+/// Headless Chromium (Debian's `chromium`) driven over WebDriver by a chromedriver of the
+/// test's own on a free loopback port, with a fresh profile. Chromedriver runs in a session
+/// (and process group) of its own, away from any terminal, so that dropping the browser ends
+/// Chromium too and nothing of it reaches the test's own group.
+pub struct Browser {
+    pub client: fantoccini::Client,
+    driver: Process,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub async fn start() -> Browser {
+        let chromedriver = require("chromedriver");
+        let chromium = require("chromium");
+        let port = free_port();
+        let driver = Process::spawn(
+            "chromedriver",
+            // Not a group leader when started, setsid(1) makes it one in place: same pid.
+            Command::new("setsid")
+                .arg(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for("chromedriver", Duration::from_secs(30), || async {
+            http_ok(&format!("{url}/status")).await.then_some(())
+        })
+        .await;
+        let profile = tempfile::tempdir().expect("a profile dir");
+        let capabilities = serde_json::json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new",
+                    // Root in a container has no user namespace for Chromium's sandbox.
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1440,1000",
+                    "--no-first-run",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }
+        });
+        let serde_json::Value::Object(capabilities) = capabilities else { unreachable!("an object") };
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = fantoccini::ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("chromedriver starts a Chromium session: {e}"));
+        Browser { client, driver, _profile: profile }
+    }
+
+    /// Ends the WebDriver session (Chromium exits), then chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        self.driver.terminate(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The whole group: chromedriver and the Chromium it started.
+        if self.driver.is_running() {
+            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", self.driver.id())).status();
+        }
     }
 }

@@ -7,6 +7,7 @@ use penwarden_proto::api::v1::fleet_service_server::FleetService;
 use std::sync::Arc;
 
 use penwarden_domain::access::{Role, Scope};
+use penwarden_domain::compliance::{pen_service_due, Thresholds};
 use penwarden_domain::ownership::{
     check_gtin_prefix, check_operator_registration, check_pen_registration, gtin_holder, GtinAssignment, PenHolders,
     Refused,
@@ -68,7 +69,8 @@ fn valid_date(date: &str) -> Result<(), Status> {
     ok.then_some(()).ok_or_else(|| invalid_argument(format!("expiry {date:?} must be YYYY-MM-DD")))
 }
 
-fn pen_message(row: PenRow) -> pb::Pen {
+fn pen_message(row: PenRow, thresholds: &Thresholds) -> pb::Pen {
+    let service_due = pen_service_due(row.motor_hours, Some(&row.firmware), thresholds).unwrap_or_default();
     pb::Pen {
         pen_serial: row.pen_serial,
         clinic_id: row.clinic_id.unwrap_or_default(),
@@ -81,6 +83,7 @@ fn pen_message(row: PenRow) -> pb::Pen {
         motor_hours: row.motor_hours.unwrap_or_default(),
         manufacturer_id: row.manufacturer_id.unwrap_or_default(),
         last_seq: row.last_seq,
+        service_due,
     }
 }
 
@@ -153,7 +156,7 @@ impl FleetService for FleetApi {
                 .register_pen(&pen, clinic.as_ref(), &request.model, &manufacturer, now_ms())
                 .await
                 .map_err(from_store)?;
-            Ok(Response::new(pen_message(row)))
+            Ok(Response::new(pen_message(row, self.store.thresholds())))
         })
     }
 
@@ -170,7 +173,9 @@ impl FleetService for FleetApi {
             )
             .await?;
             let rows = self.store.list_pens(clinic.as_ref(), chain.as_ref(), &scope).await.map_err(from_store)?;
-            Ok(Response::new(pb::ListPensResponse { pens: rows.into_iter().map(pen_message).collect() }))
+            Ok(Response::new(pb::ListPensResponse {
+                pens: rows.into_iter().map(|row| pen_message(row, self.store.thresholds())).collect(),
+            }))
         })
     }
 

@@ -44,6 +44,7 @@ pub(crate) fn router(services: Services) -> Router {
     Router::new()
         .route("/api/v1/{service}/{method}", post(call))
         .route("/api/v1/ComplianceService/WatchViolations", get(watch))
+        .merge(crate::console::router())
         .with_state(services)
 }
 

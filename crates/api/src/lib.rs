@@ -6,6 +6,7 @@
 mod audit;
 mod auth;
 mod compliance;
+mod console;
 mod fleet;
 mod http;
 mod paging;

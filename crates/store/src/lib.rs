@@ -104,6 +104,11 @@ impl Store {
         self
     }
 
+    /// The thresholds the session rules judge with.
+    pub fn thresholds(&self) -> &penwarden_domain::compliance::Thresholds {
+        &self.thresholds
+    }
+
     /// The in-memory view of registered pens that ingest consults for every message.
     pub fn directory(&self) -> &PenDirectory {
         &self.directory

@@ -14,7 +14,7 @@ mod thresholds;
 pub use disinfection::{judge_disinfection, readiness, NotReady, PenFact, PenFactKind};
 pub use gap::{judge_telemetry_gap, SessionSpan};
 pub use reuse::{judge_cartridge_reuse, CartridgeUse};
-pub use session::{check_manufacturer_key, judge_session, signed_message, LotFacts, SessionFacts};
+pub use session::{check_manufacturer_key, judge_session, pen_service_due, signed_message, LotFacts, SessionFacts};
 pub use thresholds::{firmware_at_least, AreaDepthLimits, LicenceDepthLimits, Thresholds};
 
 use std::fmt;

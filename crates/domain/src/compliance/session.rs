@@ -147,7 +147,14 @@ fn depth(facts: &SessionFacts<'_>, thresholds: &Thresholds) -> Option<String> {
 }
 
 fn service_due(facts: &SessionFacts<'_>, thresholds: &Thresholds) -> Option<String> {
-    if let Some(hours) = facts.pen_motor_hours {
+    pen_service_due(facts.pen_motor_hours, facts.pen_firmware, thresholds)
+}
+
+/// Why a pen in this condition is due for service (motor hours past the service interval, or
+/// firmware below the minimum supported), or `None`. Unknown motor hours or firmware (`None`,
+/// or an empty firmware string) are not judged.
+pub fn pen_service_due(motor_hours: Option<f64>, firmware: Option<&str>, thresholds: &Thresholds) -> Option<String> {
+    if let Some(hours) = motor_hours {
         if hours > thresholds.service_interval_motor_hours {
             return Some(format!(
                 "the pen has {hours:.1} motor hours, past its {:.0} h service interval",
@@ -155,7 +162,7 @@ fn service_due(facts: &SessionFacts<'_>, thresholds: &Thresholds) -> Option<Stri
             ));
         }
     }
-    let firmware = facts.pen_firmware.filter(|f| !f.is_empty())?;
+    let firmware = firmware.filter(|f| !f.is_empty())?;
     (!firmware_at_least(firmware, &thresholds.min_firmware))
         .then(|| format!("firmware {firmware} is below the minimum supported {}", thresholds.min_firmware))
 }
@@ -163,6 +170,18 @@ fn service_due(facts: &SessionFacts<'_>, thresholds: &Thresholds) -> Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pen_is_due_for_service_past_its_motor_hours_or_below_the_minimum_firmware() {
+        let thresholds = Thresholds::default();
+        assert_eq!(pen_service_due(Some(499.0), Some("2.4.1"), &thresholds), None);
+        assert_eq!(pen_service_due(None, None, &thresholds), None, "unknown is not judged");
+        assert_eq!(pen_service_due(Some(10.0), Some(""), &thresholds), None, "no firmware report yet");
+        let hours = pen_service_due(Some(510.0), Some("2.4.1"), &thresholds).expect("due by motor hours");
+        assert!(hours.contains("510.0 motor hours") && hours.contains("500 h"), "{hours}");
+        let firmware = pen_service_due(Some(10.0), Some("1.9.0"), &thresholds).expect("due by firmware");
+        assert!(firmware.contains("1.9.0") && firmware.contains("2.0.0"), "{firmware}");
+    }
     use crate::ids::{PenSerial, SessionId};
     use crate::udi::Date;
     use ed25519_dalek::{Signer, SigningKey};

@@ -14,6 +14,7 @@ cargo build --workspace --bins
 MQTT_PORT=${MQTT_PORT:-18883}
 INFLUX_PORT=${INFLUX_PORT:-18086}
 GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:50051}
+HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:8080}
 DURATION=${DURATION:-30}
 work=$(mktemp -d)
 pids=()
@@ -85,6 +86,7 @@ for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$INFLUX_PORT/ping" >/dev/nu
 export PENWARDEN_MQTT_URL="$MQTT_URL"
 export PENWARDEN_INFLUX_URL="http://127.0.0.1:$INFLUX_PORT" PENWARDEN_INFLUX_API=v1 PENWARDEN_INFLUX_DB=penwarden
 export PENWARDEN_DATABASE_URL="sqlite:$work/penwarden.db" PENWARDEN_GRPC_ADDR="$GRPC_ADDR"
+export PENWARDEN_HTTP_ADDR="$HTTP_ADDR"
 export PENWARDEN_AUTO_REGISTER_PENS=true RUST_LOG=${RUST_LOG:-warn}
 # An admin key for pensim (registration, recall) and the queries below; printed only once.
 PENWARDEN_API_KEY=$(target/debug/penwarden apikey create --role admin --label demo)
@@ -115,6 +117,7 @@ if [ "${KEEP:-0}" = 1 ]; then
   echo
   echo "== running on; Ctrl-C stops everything =="
   echo "gRPC: $GRPC_ADDR   admin API key: $PENWARDEN_API_KEY"
+  echo "compliance console: http://$HTTP_ADDR/console/ (sign in with that key; docs/console.md)"
   if [ "${TLS:-0}" = 1 ]; then
     echo "try:  grpcurl -cacert $certs/servers-ca.crt -H \"authorization: Bearer \$PENWARDEN_API_KEY\" $GRPC_ADDR list   (docs/api.md)"
   else

@@ -486,8 +486,9 @@ function renderViolations(fresh) {
   body.replaceChildren(
     ...sorted.map((v) => {
       const cartridge = v.cartridgeSerial
-        ? actionLink(v.cartridgeGtin + " / " + v.cartridgeSerial, () => lookUpCartridge({ gtin: v.cartridgeGtin, serial: v.cartridgeSerial }))
+        ? actionLink(v.cartridgeSerial, () => lookUpCartridge({ gtin: v.cartridgeGtin, serial: v.cartridgeSerial }))
         : "—";
+      if (cartridge instanceof Node) cartridge.title = "GTIN " + v.cartridgeGtin + ", serial " + v.cartridgeSerial;
       const tr = row(
         [
           int(v.id),

@@ -10,7 +10,8 @@ cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linu
   python3 -c '
 import json, sys
 declared, docker_image = sys.argv[1], sys.argv[2]
-version = lambda text: tuple(int(part) for part in text.split("."))
+# "1.88" and "1.88.0" are one version: compare three parts.
+version = lambda text: tuple(int(part) for part in (text.split(".") + ["0", "0"])[:3])
 dotted = lambda parts: ".".join(map(str, parts))
 metadata = json.load(sys.stdin)
 resolved = {node["id"] for node in metadata["resolve"]["nodes"]}

@@ -343,7 +343,8 @@ async fn the_console_shows_a_chain_its_own_violations_live_and_forgets_a_refused
     assert!(message.as_str().unwrap().contains("refused"), "{message}");
     let forgotten = page
         .execute(
-            "return [sessionStorage.getItem('penwarden.apiKey'), document.querySelectorAll('tbody tr').length];",
+            "return [sessionStorage.getItem('penwarden.apiKey'), \
+                     document.querySelectorAll('tbody tr, dl.facts dd, #overview-totals .card').length];",
             vec![],
         )
         .await

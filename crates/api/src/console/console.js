@@ -73,6 +73,12 @@ function watchViolations(filters, onChange, onState, signal) {
           const answer = await response.json().catch(() => ({}));
           const error = new ApiError(response.status, answer.code, answer.message || response.statusText);
           if (response.status === 401) return refused(error);
+          // A filter outside the key's scope, or a bad one: asking again will not help.
+          if ([400, 403, 404].includes(response.status)) {
+            onState(false, describe(error));
+            connected();
+            return;
+          }
           throw error;
         }
         onState(true, "");
@@ -242,7 +248,14 @@ function signOut(message = "") {
   if (watching) watching.abort();
   watching = null;
   for (const view of VIEWS) $("#" + view).hidden = true;
+  // Nothing the key could see stays in the page.
   for (const table of document.querySelectorAll("table tbody")) table.replaceChildren();
+  for (const list of document.querySelectorAll("dl.facts, #overview-totals")) list.replaceChildren();
+  for (const result of ["#cartridge-result", "#lot-result"]) $(result).hidden = true;
+  for (const form of document.querySelectorAll("main form")) form.reset();
+  for (const error of document.querySelectorAll(".error")) error.textContent = "";
+  violations.clear();
+  streamed.clear();
   $("#tabs").hidden = true;
   $("#signed-in").hidden = true;
   $("#sign-in").hidden = false;

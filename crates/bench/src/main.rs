@@ -6,6 +6,7 @@
 //! explains each scenario.
 
 mod api_load;
+mod bridge;
 mod seed;
 
 use std::time::{Duration, Instant};
@@ -40,6 +41,9 @@ enum Command {
         #[arg(default_value_t = 20)]
         seconds: u64,
     },
+    /// The reference the side-by-side scenario measures penwarden against: the simplest
+    /// MQTT-to-InfluxDB bridge (decode, line protocol, write, ack), as a process of its own.
+    Bridge(bridge::BridgeOptions),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +59,10 @@ enum Scenario {
     /// Above capacity: `--overload-rate` (twice the sustained rate) for the duration, then
     /// nothing: points landed per second during and after, reconnects, drain time.
     Overload,
+    /// One table from one invocation: InfluxDB alone, Mosquitto alone, the minimal bridge and
+    /// penwarden at `--compare-rate`, each run `--runs` times, with penwarden's rate as a
+    /// fraction of the others'.
+    SideBySide,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +85,10 @@ struct LoadOptions {
     /// Offered samples/s of the overload scenario: twice what the throughput scenario sustains.
     #[arg(long, default_value_t = 600_000)]
     overload_rate: u64,
+    /// Offered samples/s (1000 pens) of the side-by-side scenario: above what either bridge
+    /// sustains, so that each shows its end-to-end rate.
+    #[arg(long, default_value_t = 300_000)]
+    compare_rate: u64,
     /// Background telemetry (samples/s) while the latency scenario probes.
     #[arg(long, default_value_t = 100_000)]
     background_rate: u64,
@@ -145,9 +157,21 @@ struct Stack {
 }
 
 impl Stack {
-    fn pids(&self) -> Vec<u32> {
-        std::iter::once(&self.penwarden).chain(&self.others).map(|instance| instance.process.id()).collect()
+    fn target(&self) -> LoadTarget {
+        LoadTarget {
+            mqtt_url: self.mosquitto.url(),
+            influx_url: self.influxd.url(),
+            pids: std::iter::once(&self.penwarden).chain(&self.others).map(|instance| instance.process.id()).collect(),
+        }
     }
+}
+
+/// What a load run drives and measures: a broker, the InfluxDB the samples must reach, and the
+/// processes between them (penwarden's instances, or the minimal bridge).
+struct LoadTarget {
+    mqtt_url: String,
+    influx_url: String,
+    pids: Vec<u32>,
 }
 
 async fn stack(gzip: bool, instances: usize) -> Stack {
@@ -167,6 +191,10 @@ async fn stack_with(gzip: bool, instances: usize, extra_env: &[(&str, String)]) 
     env.extend(extra_env.iter().cloned());
     if instances > 1 {
         env.push(("PENWARDEN_MQTT_SHARE_GROUP", "bench".to_string()));
+    } else {
+        // A client id of the run's own: a persistent session from an earlier run (with its
+        // backlog) never flows into this one.
+        env.push(("PENWARDEN_MQTT_CLIENT_ID", format!("penwarden-bench-{}", free_port())));
     }
     let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
     let mut others = Vec::new();
@@ -196,7 +224,7 @@ async fn overload_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Va
             }
         }
     });
-    let mut result = load_run(&stack, pens, rate, duration_s).await;
+    let mut result = load_run(&stack.target(), pens, rate, duration_s).await;
     sampler.abort();
     let written = written.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Points per second during the load (its second half: past the start-up) and after it.
@@ -220,16 +248,16 @@ async fn overload_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Va
 }
 
 /// One load run: offered rate for the duration, then verify every sample landed.
-async fn load_run(stack: &Stack, pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
-    let pids = stack.pids();
+async fn load_run(target: &LoadTarget, pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
+    let pids = &target.pids;
     let cpu_of_instances = || pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
     let cpu_before = cpu_of_instances();
     let postgres_before = postgres_cpu_seconds();
     let started = Instant::now();
     let output = tokio::process::Command::new(binary("pensim"))
-        .args(["--mqtt-url", &stack.mosquitto.url(), "--pens", &pens.to_string(), "--connections", "4"])
+        .args(["--mqtt-url", &target.mqtt_url, "--pens", &pens.to_string(), "--connections", "4"])
         .args(["--load-rate", &rate.to_string(), "--duration", &duration_s.to_string(), "--qos", "1"])
-        .args(["--seed", &free_port().to_string(), "--verify-influx", &stack.influxd.url()])
+        .args(["--seed", &free_port().to_string(), "--verify-influx", &target.influx_url])
         .output()
         .await
         .expect("run pensim");
@@ -250,6 +278,13 @@ async fn load_run(stack: &Stack, pens: usize, rate: u64, duration_s: u64) -> ser
     }
     result["penwarden_peak_rss_mib"] = round3(pids.iter().map(|pid| peak_rss_mib(*pid)).fold(0.0, f64::max)).into();
     result["wall_s"] = round3(started.elapsed().as_secs_f64()).into();
+    // End to end: what landed over the whole time from the first publish to the last sample
+    // in InfluxDB (publishing, then the drain).
+    let achieved = result["achieved_samples_per_s"].as_f64().unwrap_or(0.0);
+    let drain_s = result["verify_wait_s"].as_f64().unwrap_or(0.0);
+    if achieved > 0.0 {
+        result["end_to_end_samples_per_s"] = round3(landed / (samples / achieved + drain_s)).into();
+    }
     // Sustained: nothing lost, and the backlog drained within 5 s of the load stopping.
     let drained = result["verify_wait_s"].as_f64().unwrap_or(f64::MAX) <= 5.0;
     result["zero_loss"] = (landed == samples).into();
@@ -456,6 +491,82 @@ async fn mosquitto_ceiling(duration_s: u64) -> f64 {
     (received * samples_per_message) as f64 / span.max(1e-3)
 }
 
+/// The minimal bridge (`penwarden-bench bridge`, a process of its own) between a Mosquitto and
+/// an InfluxDB of the run's own, driven like penwarden.
+async fn bridge_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let ready = tempfile::NamedTempFile::new().expect("a file for the bridge's output");
+    let exe = std::env::current_exe().expect("this executable");
+    let bridge = penwarden_tests::Process::spawn(
+        "bridge",
+        std::process::Command::new(exe)
+            .args(["bridge", "--mqtt-url", &mosquitto.url(), "--influx-url", &influxd.url()])
+            .args(["--client-id", &format!("bridge-{}", free_port())])
+            .stdout(ready.reopen().expect("the bridge's stdout")),
+    );
+    penwarden_tests::wait_for("the bridge to subscribe", Duration::from_secs(30), || async {
+        std::fs::read_to_string(ready.path()).unwrap_or_default().contains("ready").then_some(())
+    })
+    .await;
+    let target = LoadTarget { mqtt_url: mosquitto.url(), influx_url: influxd.url(), pids: vec![bridge.id()] };
+    load_run(&target, pens, rate, duration_s).await
+}
+
+/// InfluxDB alone, Mosquitto alone, the minimal bridge and penwarden at one offered rate, each
+/// `runs` times: medians, and penwarden's end-to-end rate as a fraction of each.
+async fn side_by_side(rate: u64, duration_s: u64, runs: usize) -> (serde_json::Value, Vec<String>) {
+    let (mut influxdb, mut mosquitto, mut bridges, mut penwardens) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        eprintln!("side by side, run {run} of {runs}");
+        influxdb.push(influxdb_ceiling(duration_s).await.0);
+        mosquitto.push(mosquitto_ceiling(duration_s).await);
+        bridges.push(bridge_run(1000, rate, duration_s).await);
+        let stack = stack(false, 1).await;
+        penwardens.push(load_run(&stack.target(), 1000, rate, duration_s).await);
+    }
+    let of =
+        |runs: &[serde_json::Value], key: &str| median(runs.iter().map(|r| r[key].as_f64().unwrap_or(0.0)).collect());
+    let (influxdb, mosquitto) = (median(influxdb), median(mosquitto));
+    let (bridge_rate, penwarden_rate) =
+        (of(&bridges, "end_to_end_samples_per_s"), of(&penwardens, "end_to_end_samples_per_s"));
+    let (bridge_cpu, penwarden_cpu) =
+        (of(&bridges, "penwarden_cpu_s_per_million_samples"), of(&penwardens, "penwarden_cpu_s_per_million_samples"));
+    let (bridge_rss, penwarden_rss) =
+        (of(&bridges, "penwarden_peak_rss_mib"), of(&penwardens, "penwarden_peak_rss_mib"));
+    let all_landed = |runs: &[serde_json::Value]| runs.iter().all(|r| r["zero_loss"].as_bool() == Some(true));
+    let ratio = |part: f64, whole: f64| if whole > 0.0 { part / whole } else { 0.0 };
+    let rows = vec![
+        format!("| side by side | InfluxDB alone (2 writers, 20,000-point batches) | {influxdb:.0} points/s | the ceiling of any bridge into it |"),
+        format!("| side by side | Mosquitto alone (QoS 1, a bare subscriber) | {mosquitto:.0} samples/s | |"),
+        format!(
+            "| side by side | minimal bridge, 1000 pens, offered {rate}/s | {bridge_rate:.0} samples/s end to end{} | CPU {bridge_cpu:.2} s per million samples, peak RSS {bridge_rss:.0} MiB |",
+            if all_landed(&bridges) { ", all landed" } else { ", SOME LOST" }
+        ),
+        format!(
+            "| side by side | penwarden, 1000 pens, offered {rate}/s, gzip off | {penwarden_rate:.0} samples/s end to end{} | CPU {penwarden_cpu:.2} s per million samples, peak RSS {penwarden_rss:.0} MiB |",
+            if all_landed(&penwardens) { ", all landed" } else { ", SOME LOST" }
+        ),
+        format!(
+            "| side by side | penwarden as a fraction | {:.2} of the minimal bridge, {:.2} of InfluxDB alone | CPU {:.2}× the bridge's |",
+            ratio(penwarden_rate, bridge_rate),
+            ratio(penwarden_rate, influxdb),
+            ratio(penwarden_cpu, bridge_cpu)
+        ),
+    ];
+    let result = serde_json::json!({
+        "offered": rate,
+        "influxdb_points_per_s": round3(influxdb),
+        "mosquitto_samples_per_s": round3(mosquitto),
+        "bridge": bridges,
+        "penwarden": penwardens,
+        "penwarden_of_bridge": round3(ratio(penwarden_rate, bridge_rate)),
+        "penwarden_of_influxdb": round3(ratio(penwarden_rate, influxdb)),
+        "cpu_penwarden_over_bridge": round3(ratio(penwarden_cpu, bridge_cpu)),
+    });
+    (result, rows)
+}
+
 fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -478,6 +589,7 @@ async fn main() {
             println!("{}", serde_json::to_string_pretty(&result).expect("json"));
             return;
         }
+        Some(Command::Bridge(options)) => return bridge::run(options).await,
         None => {}
     }
     let options = cli.load;
@@ -494,7 +606,7 @@ async fn main() {
                 let mut runs = Vec::new();
                 for _ in 0..options.runs {
                     let stack = stack(false, options.instances).await;
-                    runs.push(load_run(&stack, pens, rate, options.duration_s).await);
+                    runs.push(load_run(&stack.target(), pens, rate, options.duration_s).await);
                 }
                 let sustained = runs.iter().all(|r| r["sustained"].as_bool() == Some(true));
                 let achieved =
@@ -529,7 +641,7 @@ async fn main() {
         let mut gzip_runs = Vec::new();
         for _ in 0..options.runs {
             let stack = stack(true, 1).await;
-            gzip_runs.push(load_run(&stack, 1000, 100_000, options.duration_s).await);
+            gzip_runs.push(load_run(&stack.target(), 1000, 100_000, options.duration_s).await);
         }
         let cpu = median(
             gzip_runs.iter().map(|r| r["penwarden_cpu_s_per_million_samples"].as_f64().unwrap_or(0.0)).collect(),
@@ -546,6 +658,12 @@ async fn main() {
             ceilings["mosquitto_samples_per_s"].as_f64().unwrap_or(0.0),
         ));
         results["ceilings"] = ceilings;
+    }
+
+    if options.scenarios.contains(&Scenario::SideBySide) {
+        let (side_by_side, side_rows) = side_by_side(options.compare_rate, options.duration_s, options.runs).await;
+        rows.extend(side_rows);
+        results["side_by_side"] = side_by_side;
     }
 
     if options.scenarios.contains(&Scenario::Overload) {

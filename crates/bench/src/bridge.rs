@@ -18,7 +18,8 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 /// Lines per InfluxDB write, and how long a partial batch may wait.
 const BATCH_LINES: usize = 5000;
 const BATCH_WAIT: Duration = Duration::from_millis(50);
-/// Writes in flight at once (InfluxDB alone is measured with the same).
+/// Writes of up to 5000 lines in flight at once (penwarden's writer sends a batch as requests
+/// of 5000 lines, up to 4 in flight, while the next batch commits).
 const WRITERS: usize = 2;
 
 #[derive(Debug, clap::Args)]

@@ -140,3 +140,31 @@ fn append(lines: &mut LineBuilder, publish: &Publish) {
             .timestamp_ms(sample.time_unix_ms);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(payload: Vec<u8>) -> Publish {
+        Publish::new("pw/v1/pens/PW-1/telemetry", QoS::AtLeastOnce, payload, None)
+    }
+
+    #[test]
+    fn each_sample_becomes_one_point_of_its_pen_and_garbage_none() {
+        let sample =
+            |time_unix_ms| wire::Sample { time_unix_ms, depth_mm: 0.5, speed_rpm: 9000.0, ..Default::default() };
+        let batch = wire::TelemetryBatch {
+            pen_serial: "PW-1".into(),
+            session_id: "s1".into(),
+            samples: vec![sample(1_000), sample(1_100)],
+            ..Default::default()
+        };
+        let mut lines = LineBuilder::with_capacity(1024);
+        append(&mut lines, &publish(batch.encode_to_vec()));
+        append(&mut lines, &publish(b"\xff\xff not protobuf".to_vec()));
+        assert_eq!(lines.lines(), 2);
+        let text = lines.as_str();
+        assert!(text.starts_with("pen_telemetry,pen=PW-1 depth_mm=0.5,speed_rpm=9000,"), "{text}");
+        assert!(text.contains("session_id=\"s1\" 1000\n") && text.ends_with(" 1100"), "{text}");
+    }
+}

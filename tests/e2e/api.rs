@@ -10,30 +10,10 @@ use penwarden_tests::{run_pensim, wait_for, Influxd, Mosquitto, Penwarden};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::common::{collect_changes, injected, pensim_args_injecting, verify_exactly_once, SETTLE};
+use crate::common::{all_violations, collect_changes, injected, pensim_args_injecting, verify_exactly_once, SETTLE};
 
 const INJECT: &str =
     "reuse=0.1,expired=0.1,recalled=0.1,counterfeit=0.1,overuse=0.1,depth=0.1,gap=0.1,no-disinfect=0.35,service-due=0.3";
-
-/// Every violation visible to `token`, all pages of `page_size`, with the filter in `request`.
-async fn all_violations(
-    penwarden: &Penwarden,
-    token: &str,
-    request: api::ListViolationsRequest,
-) -> Vec<api::Violation> {
-    let mut client = penwarden.compliance_as(token).await;
-    let mut found = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = api::ListViolationsRequest { page_token: page_token.clone(), ..request.clone() };
-        let page = client.list_violations(request).await.expect("ListViolations").into_inner();
-        found.extend(page.violations);
-        if page.next_page_token.is_empty() {
-            return found;
-        }
-        page_token = page.next_page_token;
-    }
-}
 
 fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
     result.expect_err("the call must fail").code()

@@ -278,3 +278,45 @@ impl Drop for Follower {
         self.task.abort();
     }
 }
+
+/// Every violation visible to `token`, all pages of `page_size`, with the filter in `request`.
+pub(crate) async fn all_violations(
+    penwarden: &Penwarden,
+    token: &str,
+    request: api::ListViolationsRequest,
+) -> Vec<api::Violation> {
+    let mut client = penwarden.compliance_as(token).await;
+    let mut found = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = api::ListViolationsRequest { page_token: page_token.clone(), ..request.clone() };
+        let page = client.list_violations(request).await.expect("ListViolations").into_inner();
+        found.extend(page.violations);
+        if page.next_page_token.is_empty() {
+            return found;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Mosquitto, InfluxDB 1.x and penwarden with its HTTP API and console on a free port.
+pub(crate) struct WithHttp {
+    pub(crate) mosquitto: Mosquitto,
+    pub(crate) influxd: Influxd,
+    pub(crate) penwarden: Penwarden,
+    /// `http://127.0.0.1:PORT`
+    pub(crate) base: String,
+}
+
+pub(crate) async fn start_with_http() -> WithHttp {
+    let mosquitto = Mosquitto::start().await;
+    let influxd = Influxd::start().await;
+    let http_addr = format!("127.0.0.1:{}", penwarden_tests::free_port());
+    let env = [
+        ("PENWARDEN_INFLUX_URL", influxd.url()),
+        ("PENWARDEN_INFLUX_API", "v1".into()),
+        ("PENWARDEN_HTTP_ADDR", http_addr.clone()),
+    ];
+    let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    WithHttp { mosquitto, influxd, penwarden, base: format!("http://{http_addr}") }
+}

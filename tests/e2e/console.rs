@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, Locator};
 use penwarden_proto::api::v1 as api;
-use penwarden_proto::device::v1 as wire;
-use penwarden_tests::{free_port, run_pensim, wait_for, Browser, Influxd, Mosquitto, Penwarden, Publisher};
+use penwarden_tests::{run_pensim, unverified_session_start, wait_for, Browser, Penwarden, Publisher};
 use prost::Message;
 use serde_json::Value;
 
@@ -67,35 +66,12 @@ async fn screenshot(client: &Client, name: &str) {
 }
 
 async fn all_violations(penwarden: &Penwarden, token: &str) -> Vec<api::Violation> {
-    let mut compliance = penwarden.compliance_as(token).await;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = api::ListViolationsRequest { page_size: 1000, page_token, ..Default::default() };
-        let page = compliance.list_violations(request).await.expect("ListViolations").into_inner();
-        all.extend(page.violations);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    common::all_violations(penwarden, token, api::ListViolationsRequest { page_size: 1000, ..Default::default() }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_a_chain_its_own_violations_live_and_forgets_a_refused_key() {
-    let mosquitto = Mosquitto::start().await;
-    let influxd = Influxd::start().await;
-    let http_addr = format!("127.0.0.1:{}", free_port());
-    let env = [
-        ("PENWARDEN_INFLUX_URL", influxd.url()),
-        ("PENWARDEN_INFLUX_API", "v1".into()),
-        ("PENWARDEN_HTTP_ADDR", http_addr.clone()),
-    ];
-    let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
+    let common::WithHttp { mosquitto, influxd: _influxd, penwarden, base } = common::start_with_http().await;
     let inject = "reuse=0.25,no-disinfect=0.2,depth=0.1,service-due=0.5";
     let args = common::pensim_args_injecting(&mosquitto, &penwarden, "fleet", 8, 10, inject, &["--seed", "53"]);
     let summary = run_pensim(&args).await;
@@ -109,7 +85,7 @@ async fn the_console_shows_a_chain_its_own_violations_live_and_forgets_a_refused
 
     let browser = Browser::start().await;
     let page = &browser.client;
-    page.goto(&format!("http://{http_addr}/")).await.expect("the console opens");
+    page.goto(&format!("{base}/")).await.expect("the console opens");
 
     // A forged key is refused, and the page says so.
     type_into(page, "#api-key", "pwk_0123456789abcdef_forged").await;
@@ -174,20 +150,7 @@ async fn the_console_shows_a_chain_its_own_violations_live_and_forgets_a_refused
     // cartridge of a lot no manufacturer registered (CARTRIDGE_UNVERIFIED).
     page.execute("window.stillThisPage = true;", vec![]).await.expect("mark the page");
     let pen = everything.iter().find(|v| v.chain_id == "chain-1").expect("a chain-1 violation").pen_serial.clone();
-    let start = wire::SessionStarted {
-        session_id: "console-live".into(),
-        cartridge_udi: "(01)09506000134352(17)301231(10)NOLOT(21)CONSOLE1".into(),
-        area: wire::TreatmentArea::Cheek as i32,
-        depth_setting_mm: 0.5,
-        ..Default::default()
-    };
-    let event = wire::PenEvent {
-        schema_version: 1,
-        pen_serial: pen.clone(),
-        seq: 1_000_000,
-        time_unix_ms: now_ms(),
-        kind: Some(wire::pen_event::Kind::SessionStarted(start)),
-    };
+    let event = unverified_session_start(&pen, "console-live", 1_000_000);
     let mut publisher = Publisher::connect(mosquitto.port).await;
     publisher.publish(&format!("pw/v1/pens/{pen}/events"), event.encode_to_vec()).await;
     // The page shows the session's violations as the record has them (the cartridge's, and
@@ -375,16 +338,8 @@ const METHODS: [&str; 16] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_http_endpoint_refuses_a_missing_forged_or_revoked_key() {
-    let mosquitto = Mosquitto::start().await;
-    let influxd = Influxd::start().await;
-    let http_addr = format!("127.0.0.1:{}", free_port());
-    let env = [
-        ("PENWARDEN_INFLUX_URL", influxd.url()),
-        ("PENWARDEN_INFLUX_API", "v1".into()),
-        ("PENWARDEN_HTTP_ADDR", http_addr.clone()),
-    ];
-    let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
-    let base = format!("http://{http_addr}");
+    let common::WithHttp { mosquitto: _mosquitto, influxd: _influxd, penwarden, base } =
+        common::start_with_http().await;
     let admin = penwarden.create_api_key("admin", "");
     let http = reqwest::Client::new();
     let post = |method: &str, token: Option<&str>| {

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use penwarden_proto::api::v1 as api;
-use penwarden_proto::device::v1 as wire;
-use penwarden_tests::{free_port, run_pensim, Influxd, Mosquitto, Penwarden, Publisher};
+use penwarden_tests::{run_pensim, unverified_session_start, Publisher};
 use prost::Message;
 use serde_json::Value;
 
@@ -46,16 +45,7 @@ async fn events(response: &mut reqwest::Response, wanted: usize, patience: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_api_answers_as_grpc_does_within_the_same_scopes_and_streams_violations() {
-    let mosquitto = Mosquitto::start().await;
-    let influxd = Influxd::start().await;
-    let http_addr = format!("127.0.0.1:{}", free_port());
-    let env = [
-        ("PENWARDEN_INFLUX_URL", influxd.url()),
-        ("PENWARDEN_INFLUX_API", "v1".into()),
-        ("PENWARDEN_HTTP_ADDR", http_addr.clone()),
-    ];
-    let penwarden = Penwarden::start(&mosquitto.url(), &env).await;
-    let base = format!("http://{http_addr}");
+    let common::WithHttp { mosquitto, influxd: _influxd, penwarden, base } = common::start_with_http().await;
     let args = common::pensim_args_injecting(&mosquitto, &penwarden, "fleet", 8, 8, "reuse=0.3", &["--seed", "47"]);
     let summary = run_pensim(&args).await;
     common::wait_for_violations(&penwarden, &common::injected(&summary), true).await;
@@ -126,20 +116,7 @@ async fn the_json_api_answers_as_grpc_does_within_the_same_scopes_and_streams_vi
     assert!(seen.iter().all(|(_, change)| change["violation"]["chainId"] == "chain-1"));
     let pen = violations[0]["penSerial"].as_str().unwrap().to_owned();
     let mut publisher = Publisher::connect(mosquitto.port).await;
-    let start = wire::SessionStarted {
-        session_id: "http-live".into(),
-        cartridge_udi: "(01)09506000134352(17)301231(10)NOLOT(21)LIVE1".into(),
-        area: wire::TreatmentArea::Cheek as i32,
-        depth_setting_mm: 0.5,
-        ..Default::default()
-    };
-    let event = wire::PenEvent {
-        schema_version: 1,
-        pen_serial: pen.clone(),
-        seq: 1_000_000,
-        time_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
-        kind: Some(wire::pen_event::Kind::SessionStarted(start)),
-    };
+    let event = unverified_session_start(&pen, "http-live", 1_000_000);
     publisher.publish(&format!("pw/v1/pens/{pen}/events"), event.encode_to_vec()).await;
     // Every change it raises (CARTRIDGE_UNVERIFIED at least), without asking again.
     let live = events(&mut stream, usize::MAX, Duration::from_secs(5)).await;

@@ -1051,3 +1051,25 @@ impl Drop for Browser {
         }
     }
 }
+
+/// A session start whose cartridge is of a lot no manufacturer registered: CARTRIDGE_UNVERIFIED
+/// as soon as it lands (and whatever else the pen's state makes it break). Published on
+/// `pw/v1/pens/{pen}/events` at device time now.
+pub fn unverified_session_start(pen: &str, session_id: &str, seq: u64) -> penwarden_proto::device::v1::PenEvent {
+    use penwarden_proto::device::v1 as wire;
+    let start = wire::SessionStarted {
+        session_id: session_id.into(),
+        cartridge_udi: format!("(01)09506000134352(17)301231(10)NOLOT(21){session_id}"),
+        area: wire::TreatmentArea::Cheek as i32,
+        depth_setting_mm: 0.5,
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    wire::PenEvent {
+        schema_version: 1,
+        pen_serial: pen.into(),
+        seq,
+        time_unix_ms: now,
+        kind: Some(wire::pen_event::Kind::SessionStarted(start)),
+    }
+}

@@ -12,7 +12,6 @@ mod seed;
 use std::time::{Duration, Instant};
 
 use penwarden_proto::api::v1 as api;
-use penwarden_proto::device::v1 as wire;
 use penwarden_tests::{binary, free_port, metric, Influxd, Mosquitto, Penwarden, Publisher};
 use prost::Message;
 use tokio_stream::StreamExt;
@@ -326,22 +325,7 @@ async fn alert_latency(stack: &Stack, background_rate: u64, probes: usize) -> se
     for probe in 0..probes {
         let pen = format!("ALERT-{probe:05}");
         // A cartridge of an unregistered lot: CARTRIDGE_UNVERIFIED as soon as the start lands.
-        let start = wire::SessionStarted {
-            session_id: format!("probe-{probe}"),
-            cartridge_udi: format!("(01)09506000134352(17)301231(10)NOLOT(21)P{probe}"),
-            area: wire::TreatmentArea::Cheek as i32,
-            depth_setting_mm: 0.5,
-            ..Default::default()
-        };
-        let event = wire::PenEvent {
-            schema_version: 1,
-            pen_serial: pen.clone(),
-            seq: 1,
-            time_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
-            kind: Some(wire::pen_event::Kind::SessionStarted(start)),
-        };
+        let event = penwarden_tests::unverified_session_start(&pen, &format!("probe-{probe}"), 1);
         let published = Instant::now();
         publisher.publish(&format!("pw/v1/pens/{pen}/events"), event.encode_to_vec()).await;
         let arrived = tokio::time::timeout(Duration::from_secs(10), async {

@@ -9,6 +9,8 @@ use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+use crate::direct::DirectReader;
+use crate::statement::Statement;
 use crate::{Error, Result};
 
 /// Which database holds the record.
@@ -28,6 +30,8 @@ pub(crate) enum Backend {
         /// commit leaves behind (disk full) is rolled back on that same connection before
         /// anything else runs.
         writer: SqlitePool,
+        /// For the API's hottest reads (`hot_read`): one thread hand-off per query.
+        direct: DirectReader,
     },
     /// Reads and writes share the pool: PostgreSQL runs them side by side, and write
     /// transactions that judge take the record lock (`RECORD_LOCK`) first.
@@ -151,6 +155,11 @@ pub(crate) trait StoreRow:
 {
 }
 
+/// A store type read from one row of either backend (or of the SQLite fast path, `direct`).
+pub(crate) trait FromStoreRow: Sized {
+    fn from_row(row: &impl StoreRow) -> Self;
+}
+
 impl<R> StoreRow for R where
     R: Column<i64>
         + Column<Option<i64>>
@@ -251,9 +260,22 @@ impl Backend {
         }
     }
 
+    /// The rows a read the API makes most often selects: on SQLite through the direct path,
+    /// on PostgreSQL through sqlx (whose driver sends a result in one message per round trip).
+    pub(crate) async fn hot_read<T: FromStoreRow + Send + 'static>(&self, statement: Statement) -> Result<Vec<T>> {
+        match self {
+            Backend::Sqlite { direct, .. } => direct.fetch_all(statement).await,
+            Backend::Postgres(pool) => {
+                let mut query = statement.into_query_builder::<sqlx::Postgres>();
+                Ok(query.build().fetch_all(pool).await?.iter().map(T::from_row).collect())
+            }
+        }
+    }
+
     pub(crate) async fn close(&self) {
         match self {
-            Backend::Sqlite { reader, writer } => {
+            Backend::Sqlite { reader, writer, direct } => {
+                direct.close();
                 reader.close().await;
                 writer.close().await;
             }
@@ -281,13 +303,14 @@ async fn connect_sqlite(url: &str) -> Result<Backend> {
     sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
     // No ping before each query: the connections live in this process (the ping is a round
     // trip to the connection's worker thread, as costly as a small query).
+    let direct = DirectReader::new(options.get_filename());
     let reader = SqlitePoolOptions::new()
         .max_connections(4)
         .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(open_error)?;
-    Ok(Backend::Sqlite { reader, writer })
+    Ok(Backend::Sqlite { reader, writer, direct })
 }
 
 async fn connect_postgres(url: &str) -> Result<Backend> {
@@ -360,28 +383,29 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(database) => match database.try_downcast_ref::<PgDatabaseError>() {
             Some(postgres) => postgres_error_is_transient(postgres.code()),
-            None => {
-                // SQLite's primary result code is the low byte of the extended one.
-                let primary = database.code().and_then(|code| code.parse::<i32>().ok()).map(|code| code & 0xff);
-                matches!(
-                    primary,
-                    Some(
-                        SQLITE_BUSY
-                            | SQLITE_LOCKED
-                            | SQLITE_NOMEM
-                            | SQLITE_READONLY
-                            | SQLITE_IOERR
-                            | SQLITE_CORRUPT
-                            | SQLITE_FULL
-                            | SQLITE_CANTOPEN
-                            | SQLITE_PROTOCOL
-                            | SQLITE_NOTADB
-                    )
-                )
-            }
+            None => database.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(sqlite_code_is_transient),
         },
         _ => false,
     }
+}
+
+/// Whether a SQLite result code (primary or extended) says the database or its disk is
+/// failing rather than the statement.
+pub(crate) fn sqlite_code_is_transient(code: i32) -> bool {
+    // The primary result code is the low byte of the extended one.
+    matches!(
+        code & 0xff,
+        SQLITE_BUSY
+            | SQLITE_LOCKED
+            | SQLITE_NOMEM
+            | SQLITE_READONLY
+            | SQLITE_IOERR
+            | SQLITE_CORRUPT
+            | SQLITE_FULL
+            | SQLITE_CANTOPEN
+            | SQLITE_PROTOCOL
+            | SQLITE_NOTADB
+    )
 }
 
 /// PostgreSQL SQLSTATEs (https://www.postgresql.org/docs/current/errcodes-appendix.html) that

@@ -12,6 +12,7 @@ mod apikeys;
 mod audit;
 mod backend;
 mod batch;
+mod direct;
 mod directory;
 mod fleet;
 mod queries;
@@ -21,6 +22,7 @@ mod reports;
 mod scope;
 pub mod scratch;
 mod seq_runs;
+mod statement;
 
 pub use apikeys::ApiKeyRow;
 pub use backend::{redact_url, BackendKind};
@@ -53,6 +55,21 @@ pub enum Error {
     Invalid(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A read on SQLite's direct path (`direct`) failed in SQLite.
+    #[error("database error: {0}")]
+    Direct(#[from] rusqlite::Error),
+    /// No connection of the direct path could be had (timed out, closed, could not open).
+    #[error("database unavailable: {0}")]
+    DirectPool(String),
+}
+
+impl From<deadpool::managed::PoolError<rusqlite::Error>> for Error {
+    fn from(error: deadpool::managed::PoolError<rusqlite::Error>) -> Self {
+        match error {
+            deadpool::managed::PoolError::Backend(error) => Error::Direct(error),
+            other => Error::DirectPool(other.to_string()),
+        }
+    }
 }
 
 impl Error {
@@ -64,6 +81,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Database(error) => backend::is_transient(error),
+            Error::Direct(error) => direct::is_transient(error),
+            Error::DirectPool(_) => true,
             _ => false,
         }
     }

@@ -5,9 +5,10 @@ use penwarden_domain::compliance::{readiness, session_verdict, Rule, Verdict};
 use penwarden_domain::{CartridgeKey, PenSerial};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use crate::backend::{reading, writing, Column, Dialect, StoreRow};
+use crate::backend::{reading, writing, Column, Dialect, FromStoreRow, StoreRow};
 use crate::record::{OpenRecord as _, RecordTx as _};
 use crate::scope::push_record_scope;
+use crate::statement::{SqlBuilder as _, Statement};
 use crate::{Error, Result, Store};
 
 /// The columns `session_view` reads (`s` is the sessions table), with the active violations'
@@ -209,32 +210,23 @@ impl Store {
     /// session of (and whose lot is not its own) is "not found", exactly like one that does not
     /// exist, so its existence elsewhere cannot be inferred.
     pub async fn cartridge(&self, key: &CartridgeKey, scope: &Scope) -> Result<CartridgeView> {
-        reading!(self, pool => {
-            let not_found = || Error::NotFound(format!("cartridge {key}"));
-            // One query, not a cartridge query and a sessions query: each costs a round trip to the
-            // connection's worker thread, and GetCartridge is the API's hottest call.
-            let mut query = QueryBuilder::new(cartridge_with_sessions(self.backend.dialect()));
-            push_record_scope(&mut query, scope, "s");
-            query.push(" WHERE c.gtin = ").push_bind(&key.gtin);
-            query.push(" AND c.serial = ").push_bind(&key.serial);
-            query.push(" ORDER BY s.started_ms NULLS FIRST, s.pen_serial");
-            let rows = query.build().fetch_all(pool).await?;
-            let cartridge = rows.first().ok_or_else(not_found)?;
-            let sessions: Vec<SessionView> =
-                rows.iter().filter(|row| Column::<Option<String>>::column(*row, 1).is_some()).map(session_view).collect();
-            let manufacturer: Option<String> = cartridge.column(17);
-            let owns_lot = matches!(scope, Scope::Manufacturer(m) if manufacturer.as_deref() == Some(m.as_str()));
-            if sessions.is_empty() && !owns_lot && *scope != Scope::All {
-                return Err(not_found());
-            }
-            Ok(CartridgeView {
-                gtin: key.gtin.clone(),
-                serial: key.serial.clone(),
-                lot: cartridge.column(15),
-                expiry: cartridge.column(16),
-                sessions,
-            })
-        })
+        let not_found = || Error::NotFound(format!("cartridge {key}"));
+        // One query, not a cartridge query and a sessions query: GetCartridge is the API's
+        // hottest call.
+        let mut statement = Statement::new(&cartridge_with_sessions(self.backend.dialect()));
+        push_record_scope(&mut statement, scope, "s");
+        statement.push_sql(" WHERE c.gtin = ").push_text(&key.gtin);
+        statement.push_sql(" AND c.serial = ").push_text(&key.serial);
+        statement.push_sql(" ORDER BY s.started_ms NULLS FIRST, s.pen_serial");
+        let rows: Vec<CartridgeRow> = self.backend.hot_read(statement).await?;
+        let cartridge = rows.first().ok_or_else(not_found)?;
+        let owns_lot = matches!(scope, Scope::Manufacturer(m) if cartridge.manufacturer.as_deref() == Some(m.as_str()));
+        let (lot, expiry) = (cartridge.lot.clone(), cartridge.expiry.clone());
+        let sessions: Vec<SessionView> = rows.into_iter().filter_map(|row| row.session).collect();
+        if sessions.is_empty() && !owns_lot && *scope != Scope::All {
+            return Err(not_found());
+        }
+        Ok(CartridgeView { gtin: key.gtin.clone(), serial: key.serial.clone(), lot, expiry, sessions })
     }
 
     /// Whether the pen may treat now, and why not: PEN_NOT_DISINFECTED's own walk over the pen's
@@ -338,83 +330,58 @@ impl Store {
 
     /// Violations newest first (by id), filtered.
     pub async fn list_violations(&self, filter: &ViolationFilter) -> Result<Vec<ViolationRow>> {
-        reading!(self, pool => {
-            let mut query: QueryBuilder<'_, _> = QueryBuilder::new("SELECT id, rule, severity, ");
-            if filter.scope == Scope::All {
-                query.push("explanation");
-            } else {
-                // The explanation may name another session: shown only if the caller may see that
-                // session too (another chain's pen and timing are not this caller's to read).
-                query.push(
-                    "CASE WHEN related_session_id IS NULL OR EXISTS (SELECT 1 FROM sessions related
-                         WHERE related.pen_serial = violations.related_pen
-                           AND related.session_id = violations.related_session_id",
-                );
-                push_record_scope(&mut query, &filter.scope, "related");
-                query.push(") THEN explanation END");
-            }
-            query.push(
-                ",
-                     pen_serial, clinic_id, chain_id, session_id, cartridge_gtin,
-                     cartridge_serial, device_time_ms, detected_ms, retracted_ms, retraction_reason,
-                     COALESCE(change_seq, id)
-                 FROM violations WHERE 1 = 1",
+        let mut query = Statement::new("SELECT id, rule, severity, ");
+        if filter.scope == Scope::All {
+            query.push_sql("explanation");
+        } else {
+            // The explanation may name another session: shown only if the caller may see that
+            // session too (another chain's pen and timing are not this caller's to read).
+            query.push_sql(
+                "CASE WHEN related_session_id IS NULL OR EXISTS (SELECT 1 FROM sessions related
+                     WHERE related.pen_serial = violations.related_pen
+                       AND related.session_id = violations.related_session_id",
             );
-            push_record_scope(&mut query, &filter.scope, "violations");
-            if let Some(clinic) = &filter.clinic_id {
-                query.push(" AND clinic_id = ").push_bind(clinic);
-            }
-            if let Some(chain) = &filter.chain_id {
-                query.push(" AND chain_id = ").push_bind(chain);
-            }
-            if let Some(pen) = &filter.pen_serial {
-                query.push(" AND pen_serial = ").push_bind(pen);
-            }
-            if let Some(rule) = &filter.rule {
-                query.push(" AND rule = ").push_bind(rule);
-            }
-            if let Some(from) = filter.from_ms {
-                query.push(" AND device_time_ms >= ").push_bind(from);
-            }
-            if let Some(to) = filter.to_ms {
-                query.push(" AND device_time_ms < ").push_bind(to);
-            }
-            if !filter.include_retracted {
-                query.push(" AND retracted_ms IS NULL");
-            }
-            if let Some(before) = filter.before_id {
-                query.push(" AND id < ").push_bind(before);
-            }
-            match filter.after_change_seq {
-                Some(after) => query.push(" AND change_seq > ").push_bind(after).push(" ORDER BY change_seq"),
-                None => query.push(" ORDER BY id DESC"),
-            };
-            query.push(" LIMIT ").push_bind(i64::from(filter.limit));
-            let rows = query.build().fetch_all(pool).await?;
-            Ok(rows
-                .iter()
-                .map(|row| ViolationRow {
-                    id: row.column(0),
-                    rule: row.column(1),
-                    severity: row.column(2),
-                    explanation: Column::<Option<String>>::column(row, 3).unwrap_or_else(|| {
-                        let rule: String = row.column(1);
-                        Rule::from_id(&rule).map_or("", Rule::explanation_without_related).to_owned()
-                    }),
-                    pen_serial: row.column(4),
-                    clinic_id: row.column(5),
-                    chain_id: row.column(6),
-                    session_id: row.column(7),
-                    cartridge_gtin: row.column(8),
-                    cartridge_serial: row.column(9),
-                    device_time_ms: row.column(10),
-                    detected_ms: row.column(11),
-                    retracted_ms: row.column(12),
-                    retraction_reason: row.column(13),
-                    change_seq: row.column(14),
-                })
-                .collect())
-        })
+            push_record_scope(&mut query, &filter.scope, "related");
+            query.push_sql(") THEN explanation END");
+        }
+        query.push_sql(
+            ",
+                 pen_serial, clinic_id, chain_id, session_id, cartridge_gtin,
+                 cartridge_serial, device_time_ms, detected_ms, retracted_ms, retraction_reason,
+                 COALESCE(change_seq, id)
+             FROM violations WHERE 1 = 1",
+        );
+        push_record_scope(&mut query, &filter.scope, "violations");
+        if let Some(clinic) = &filter.clinic_id {
+            query.push_sql(" AND clinic_id = ").push_text(clinic);
+        }
+        if let Some(chain) = &filter.chain_id {
+            query.push_sql(" AND chain_id = ").push_text(chain);
+        }
+        if let Some(pen) = &filter.pen_serial {
+            query.push_sql(" AND pen_serial = ").push_text(pen);
+        }
+        if let Some(rule) = &filter.rule {
+            query.push_sql(" AND rule = ").push_text(rule);
+        }
+        if let Some(from) = filter.from_ms {
+            query.push_sql(" AND device_time_ms >= ").push_int(from);
+        }
+        if let Some(to) = filter.to_ms {
+            query.push_sql(" AND device_time_ms < ").push_int(to);
+        }
+        if !filter.include_retracted {
+            query.push_sql(" AND retracted_ms IS NULL");
+        }
+        if let Some(before) = filter.before_id {
+            query.push_sql(" AND id < ").push_int(before);
+        }
+        match filter.after_change_seq {
+            Some(after) => query.push_sql(" AND change_seq > ").push_int(after).push_sql(" ORDER BY change_seq"),
+            None => query.push_sql(" ORDER BY id DESC"),
+        };
+        query.push_sql(" LIMIT ").push_int(i64::from(filter.limit));
+        self.backend.hot_read(query).await
     }
 
     /// Quarantined messages, newest first, filtered.
@@ -468,6 +435,52 @@ impl Store {
         reading!(self, pool => {
             Ok(sqlx::query_scalar("SELECT COUNT(*) FROM pen_events").fetch_one(pool).await?)
         })
+    }
+}
+
+/// A row of `cartridge_with_sessions`: the cartridge's columns, and a session unless the
+/// cartridge has none the caller may see.
+struct CartridgeRow {
+    session: Option<SessionView>,
+    lot: String,
+    expiry: String,
+    manufacturer: Option<String>,
+}
+
+impl FromStoreRow for CartridgeRow {
+    fn from_row(row: &impl StoreRow) -> Self {
+        let session_id: Option<String> = row.column(1);
+        CartridgeRow {
+            session: session_id.map(|_| session_view(row)),
+            lot: row.column(15),
+            expiry: row.column(16),
+            manufacturer: row.column(17),
+        }
+    }
+}
+
+impl FromStoreRow for ViolationRow {
+    fn from_row(row: &impl StoreRow) -> Self {
+        ViolationRow {
+            id: row.column(0),
+            rule: row.column(1),
+            severity: row.column(2),
+            explanation: Column::<Option<String>>::column(row, 3).unwrap_or_else(|| {
+                let rule: String = row.column(1);
+                Rule::from_id(&rule).map_or("", Rule::explanation_without_related).to_owned()
+            }),
+            pen_serial: row.column(4),
+            clinic_id: row.column(5),
+            chain_id: row.column(6),
+            session_id: row.column(7),
+            cartridge_gtin: row.column(8),
+            cartridge_serial: row.column(9),
+            device_time_ms: row.column(10),
+            detected_ms: row.column(11),
+            retracted_ms: row.column(12),
+            retraction_reason: row.column(13),
+            change_seq: row.column(14),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ mod seed;
 use std::time::{Duration, Instant};
 
 use penwarden_proto::api::v1 as api;
-use penwarden_tests::{binary, free_port, metric, Influxd, Mosquitto, Penwarden, Publisher};
+use penwarden_tests::{binary, free_port, metric, Influxd, Mosquitto, Penwarden, Publisher, Victoria};
 use prost::Message;
 use tokio_stream::StreamExt;
 
@@ -64,6 +64,15 @@ enum Scenario {
     SideBySide,
 }
 
+/// Where penwarden writes the time series in the throughput and gzip scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Sink {
+    /// InfluxDB 1.x through its v1 write API.
+    Influxdb,
+    /// VictoriaMetrics through the InfluxDB v2 write API (`/api/v2/write`).
+    Victoria,
+}
+
 #[derive(Debug, clap::Args)]
 struct LoadOptions {
     /// Seconds of load per run.
@@ -96,6 +105,9 @@ struct LoadOptions {
     /// (SQLite unless told; `postgres` for a new database on 127.0.0.1:5432).
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// The time-series database of the throughput and gzip scenarios.
+    #[arg(long, value_enum, default_value_t = Sink::Influxdb)]
+    sink: Sink,
     /// Scenarios to run, comma-separated (default: all).
     #[arg(long, value_delimiter = ',', value_enum,
           default_values_t = [Scenario::Throughput, Scenario::Gzip, Scenario::Latency, Scenario::Ceilings])]
@@ -149,7 +161,7 @@ fn postgres_cpu_seconds() -> f64 {
 
 struct Stack {
     mosquitto: Mosquitto,
-    influxd: Influxd,
+    sink: SinkServer,
     penwarden: Penwarden,
     /// Further instances on the same store and fleet (`--instances`).
     others: Vec<Penwarden>,
@@ -159,34 +171,64 @@ impl Stack {
     fn target(&self) -> LoadTarget {
         LoadTarget {
             mqtt_url: self.mosquitto.url(),
-            influx_url: self.influxd.url(),
+            landed: match &self.sink {
+                SinkServer::Influxdb(influxd) => Landed::Influxdb(influxd.url()),
+                SinkServer::Victoria(victoria) => Landed::Victoria(victoria.url()),
+            },
             pids: std::iter::once(&self.penwarden).chain(&self.others).map(|instance| instance.process.id()).collect(),
         }
     }
 }
 
-/// What a load run drives and measures: a broker, the InfluxDB the samples must reach, and the
+enum SinkServer {
+    Influxdb(Influxd),
+    Victoria(Victoria),
+}
+
+/// What a load run drives and measures: a broker, where the samples must land, and the
 /// processes between them (penwarden's instances, or the minimal bridge).
 struct LoadTarget {
     mqtt_url: String,
-    influx_url: String,
+    landed: Landed,
     pids: Vec<u32>,
 }
 
-async fn stack(gzip: bool, instances: usize) -> Stack {
-    stack_with(gzip, instances, &[]).await
+/// Where a load run counts the samples that landed.
+enum Landed {
+    /// pensim counts them in this InfluxDB (`--verify-influx`).
+    Influxdb(String),
+    /// The benchmark counts them in this VictoriaMetrics.
+    Victoria(String),
 }
 
-async fn stack_with(gzip: bool, instances: usize, extra_env: &[(&str, String)]) -> Stack {
+async fn stack(gzip: bool, instances: usize, sink: Sink) -> Stack {
+    stack_with(gzip, instances, sink, &[]).await
+}
+
+async fn stack_with(gzip: bool, instances: usize, sink: Sink, extra_env: &[(&str, String)]) -> Stack {
     let mosquitto = Mosquitto::start().await;
-    let influxd = Influxd::start().await;
-    let mut env = vec![
-        ("PENWARDEN_INFLUX_URL", influxd.url()),
-        ("PENWARDEN_INFLUX_API", "v1".to_string()),
+    let (sink, sink_env) = match sink {
+        Sink::Influxdb => {
+            let influxd = Influxd::start().await;
+            let env = vec![("PENWARDEN_INFLUX_URL", influxd.url()), ("PENWARDEN_INFLUX_API", "v1".to_string())];
+            (SinkServer::Influxdb(influxd), env)
+        }
+        Sink::Victoria => {
+            let victoria = Victoria::start().await;
+            let env = vec![
+                ("PENWARDEN_INFLUX_URL", victoria.url()),
+                ("PENWARDEN_INFLUX_API", "v2".to_string()),
+                ("PENWARDEN_INFLUX_ORG", "penwarden".to_string()),
+            ];
+            (SinkServer::Victoria(victoria), env)
+        }
+    };
+    let mut env = sink_env;
+    env.extend([
         ("PENWARDEN_INFLUX_GZIP", gzip.to_string()),
         ("PENWARDEN_AUTO_REGISTER_PENS", "true".to_string()),
         ("RUST_LOG", "warn".to_string()),
-    ];
+    ]);
     env.extend(extra_env.iter().cloned());
     if instances > 1 {
         env.push(("PENWARDEN_MQTT_SHARE_GROUP", "bench".to_string()));
@@ -200,14 +242,14 @@ async fn stack_with(gzip: bool, instances: usize, extra_env: &[(&str, String)]) 
     for _ in 1..instances {
         others.push(Penwarden::start_sharing(&penwarden, &[]).await);
     }
-    Stack { mosquitto, influxd, penwarden, others }
+    Stack { mosquitto, sink, penwarden, others }
 }
 
 /// Above capacity: `rate` for `duration_s`, then nothing, with penwarden's metrics read every
 /// second: points written per second during the load and after it, reconnects, drain time.
 async fn overload_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let stack = stack_with(false, 1, &[("PENWARDEN_METRICS_ADDR", metrics_addr.clone())]).await;
+    let stack = stack_with(false, 1, Sink::Influxdb, &[("PENWARDEN_METRICS_ADDR", metrics_addr.clone())]).await;
     let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(f64, f64)>::new()));
     let (sampler_addr, sampler_written) = (metrics_addr.clone(), written.clone());
     let started = Instant::now();
@@ -253,16 +295,24 @@ async fn load_run(target: &LoadTarget, pens: usize, rate: u64, duration_s: u64) 
     let cpu_before = cpu_of_instances();
     let postgres_before = postgres_cpu_seconds();
     let started = Instant::now();
-    let output = tokio::process::Command::new(binary("pensim"))
+    let mut pensim = tokio::process::Command::new(binary("pensim"));
+    pensim
         .args(["--mqtt-url", &target.mqtt_url, "--pens", &pens.to_string(), "--connections", "4"])
         .args(["--load-rate", &rate.to_string(), "--duration", &duration_s.to_string(), "--qos", "1"])
-        .args(["--seed", &free_port().to_string(), "--verify-influx", &target.influx_url])
-        .output()
-        .await
-        .expect("run pensim");
+        .args(["--seed", &free_port().to_string()]);
+    if let Landed::Influxdb(url) = &target.landed {
+        pensim.args(["--verify-influx", url]);
+    }
+    let output = pensim.output().await.expect("run pensim");
     assert!(output.status.success(), "pensim failed: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
+    if let Landed::Victoria(url) = &target.landed {
+        let expected = result["samples"].as_u64().unwrap_or(0);
+        let (landed, waited) = victoria_landed(url, expected).await;
+        result["landed_samples"] = landed.into();
+        result["verify_wait_s"] = round3(waited.as_secs_f64()).into();
+    }
     let cpu = cpu_of_instances() - cpu_before;
     let samples = result["samples"].as_f64().unwrap_or(0.0);
     let landed = result["landed_samples"].as_f64().unwrap_or(0.0);
@@ -290,6 +340,36 @@ async fn load_run(target: &LoadTarget, pens: usize, rate: u64, duration_s: u64) 
     result["sustained"] = (landed == samples && drained).into();
     eprintln!("  {pens} pens, offered {rate}/s: {result}");
     result
+}
+
+/// Polls VictoriaMetrics until it holds `expected` samples of pen telemetry, or 120 s pass
+/// with no progress, as pensim's `--verify-influx` does for InfluxDB; returns what landed and
+/// how long it took.
+async fn victoria_landed(url: &str, expected: u64) -> (u64, Duration) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut last = (0u64, Instant::now());
+    loop {
+        // Recent writes become searchable at once; pensim's samples are an hour old, so no
+        // query window hides them.
+        let _ = client.get(format!("{url}/internal/force_flush")).send().await;
+        let query = [("query", "sum(count_over_time(pen_telemetry_depth_mm[1d]))"), ("nocache", "1")];
+        let body = match client.get(format!("{url}/api/v1/query")).query(&query).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let landed = body["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if landed >= expected {
+            return (landed, started.elapsed());
+        }
+        if landed > last.0 {
+            last = (landed, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(120) {
+            return (landed, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn round3(value: f64) -> f64 {
@@ -493,7 +573,8 @@ async fn bridge_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Valu
         std::fs::read_to_string(ready.path()).unwrap_or_default().contains("ready").then_some(())
     })
     .await;
-    let target = LoadTarget { mqtt_url: mosquitto.url(), influx_url: influxd.url(), pids: vec![bridge.id()] };
+    let target =
+        LoadTarget { mqtt_url: mosquitto.url(), landed: Landed::Influxdb(influxd.url()), pids: vec![bridge.id()] };
     load_run(&target, pens, rate, duration_s).await
 }
 
@@ -506,7 +587,7 @@ async fn side_by_side(rate: u64, duration_s: u64, runs: usize) -> (serde_json::V
         influxdb.push(influxdb_ceiling(duration_s).await.0);
         mosquitto.push(mosquitto_ceiling(duration_s).await);
         bridges.push(bridge_run(1000, rate, duration_s).await);
-        let stack = stack(false, 1).await;
+        let stack = stack(false, 1, Sink::Influxdb).await;
         penwardens.push(load_run(&stack.target(), 1000, rate, duration_s).await);
     }
     let of =
@@ -589,7 +670,7 @@ async fn main() {
             for &rate in &options.rates {
                 let mut runs = Vec::new();
                 for _ in 0..options.runs {
-                    let stack = stack(false, options.instances).await;
+                    let stack = stack(false, options.instances, options.sink).await;
                     runs.push(load_run(&stack.target(), pens, rate, options.duration_s).await);
                 }
                 let sustained = runs.iter().all(|r| r["sustained"].as_bool() == Some(true));
@@ -608,9 +689,10 @@ async fn main() {
                     format!(", PostgreSQL CPU {:.2} s per million samples", median(postgres))
                 };
                 rows.push(format!(
-                    "| throughput | {pens} pens, offered {rate}/s, gzip off, {} instance(s), {:?} store | {achieved:.0} samples/s published, {} | CPU {cpu:.2} s per million samples (all instances){postgres}, peak RSS {rss:.0} MiB, drained in {drain:.1} s |",
+                    "| throughput | {pens} pens, offered {rate}/s, gzip off, {} instance(s), {:?} store, into {:?} | {achieved:.0} samples/s published, {} | CPU {cpu:.2} s per million samples (all instances){postgres}, peak RSS {rss:.0} MiB, drained in {drain:.1} s |",
                     options.instances,
                     penwarden_store::scratch::ScratchStore::chosen_kind(),
+                    options.sink,
                     if sustained { "all landed, sustained" } else { "NOT sustained" }
                 ));
                 throughput
@@ -624,7 +706,7 @@ async fn main() {
         // Target 2 with gzip on, at 100k samples/s.
         let mut gzip_runs = Vec::new();
         for _ in 0..options.runs {
-            let stack = stack(true, 1).await;
+            let stack = stack(true, 1, options.sink).await;
             gzip_runs.push(load_run(&stack.target(), 1000, 100_000, options.duration_s).await);
         }
         let cpu = median(
@@ -674,7 +756,7 @@ async fn main() {
         // Target 3.
         let mut latency_runs = Vec::new();
         for _ in 0..options.runs {
-            let stack = stack(false, 1).await;
+            let stack = stack(false, 1, Sink::Influxdb).await;
             latency_runs.push(alert_latency(&stack, options.background_rate, 200).await);
         }
         let p50 = median(latency_runs.iter().map(|r| r["p50_ms"].as_f64().unwrap_or(0.0)).collect());

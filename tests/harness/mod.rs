@@ -162,6 +162,11 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// The broker's process id (0 while stopped), for the benchmark's CPU accounting.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, Process::id)
+    }
+
     pub async fn start() -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         // Started as root, mosquitto drops to its own user: without write access to the data
@@ -304,6 +309,11 @@ pub struct Influxd {
 }
 
 impl Influxd {
+    /// The server's process id (0 while stopped), for the benchmark's CPU accounting.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, Process::id)
+    }
+
     pub async fn start() -> Influxd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, rpc_port) = (free_port(), free_port());
@@ -480,11 +490,16 @@ fn unix_user_ids(name: &str) -> Option<(u32, u32)> {
 /// VictoriaMetrics, which implements the InfluxDB v2 write API.
 pub struct Victoria {
     pub port: u16,
-    _process: Process,
+    process: Process,
     _dir: tempfile::TempDir,
 }
 
 impl Victoria {
+    /// The server's process id, for the benchmark's CPU accounting.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     pub async fn start() -> Victoria {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -506,7 +521,7 @@ impl Victoria {
             async move { http_ok(&health).await.then_some(()) }
         })
         .await;
-        Victoria { port, _process: process, _dir: dir }
+        Victoria { port, process, _dir: dir }
     }
 
     pub fn url(&self) -> String {

@@ -105,7 +105,7 @@ struct LoadOptions {
     /// (SQLite unless told; `postgres` for a new database on 127.0.0.1:5432).
     #[arg(long, default_value_t = 1)]
     instances: usize,
-    /// The time-series database of the throughput and gzip scenarios.
+    /// The time-series database of the throughput, gzip and overload scenarios.
     #[arg(long, value_enum, default_value_t = Sink::Influxdb)]
     sink: Sink,
     /// Scenarios to run, comma-separated (default: all).
@@ -245,47 +245,92 @@ async fn stack_with(gzip: bool, instances: usize, sink: Sink, extra_env: &[(&str
     Stack { mosquitto, sink, penwarden, others }
 }
 
-/// Above capacity: `rate` for `duration_s`, then nothing, with penwarden's metrics read every
-/// second: points written per second during the load and after it, reconnects, drain time.
-async fn overload_run(pens: usize, rate: u64, duration_s: u64) -> serde_json::Value {
+/// Above capacity: `rate` for `duration_s`, then nothing, with penwarden's metrics and the
+/// CPU time of penwarden, the sink and the broker read every second: points written per
+/// second during the load and after it, reconnects, drain time, and where the cores went.
+async fn overload_run(pens: usize, rate: u64, duration_s: u64, sink: Sink) -> serde_json::Value {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let stack = stack_with(false, 1, Sink::Influxdb, &[("PENWARDEN_METRICS_ADDR", metrics_addr.clone())]).await;
-    let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(f64, f64)>::new()));
-    let (sampler_addr, sampler_written) = (metrics_addr.clone(), written.clone());
+    let stack = stack_with(false, 1, sink, &[("PENWARDEN_METRICS_ADDR", metrics_addr.clone())]).await;
+    let sink_pid = match &stack.sink {
+        SinkServer::Influxdb(influxd) => influxd.pid(),
+        SinkServer::Victoria(victoria) => victoria.pid(),
+    };
+    let pids = [stack.penwarden.process.id(), sink_pid, stack.mosquitto.pid()];
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::<OverloadSample>::new()));
+    let (sampler_addr, sampler_samples) = (metrics_addr.clone(), samples.clone());
     let started = Instant::now();
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             if let Some(points) = metric(&sampler_addr, "penwarden_influx_points_written_total").await {
-                sampler_written
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((started.elapsed().as_secs_f64(), points));
+                let cpu = pids.map(cpu_seconds);
+                sampler_samples.lock().unwrap_or_else(|p| p.into_inner()).push(OverloadSample {
+                    at_s: started.elapsed().as_secs_f64(),
+                    points,
+                    cpu,
+                });
             }
         }
     });
     let mut result = load_run(&stack.target(), pens, rate, duration_s).await;
     sampler.abort();
-    let written = written.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    // Points per second during the load (its second half: past the start-up) and after it.
-    let at = |t: f64| written.iter().rev().find(|(time, _)| *time <= t).map_or(0.0, |(_, points)| *points);
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let load = duration_s as f64;
-    let during = (at(load) - at(load / 2.0)) / (load / 2.0);
-    let last = written.last().copied().unwrap_or((load, at(load)));
-    let after = if last.0 > load + 1.0 { (last.1 - at(load)) / (last.0 - load) } else { 0.0 };
+    // The last sample at or before `t` (the first one when none is).
+    let at = |t: f64| samples.iter().rev().find(|s| s.at_s <= t).or(samples.first()).cloned();
+    // Points per second and cores used between two samples.
+    let between = |from: Option<OverloadSample>, to: Option<OverloadSample>| match (from, to) {
+        (Some(from), Some(to)) if to.at_s > from.at_s => {
+            let seconds = to.at_s - from.at_s;
+            let cores: Vec<f64> = (0..3).map(|i| round3((to.cpu[i] - from.cpu[i]) / seconds)).collect();
+            ((to.points - from.points) / seconds, cores)
+        }
+        _ => (0.0, vec![0.0; 3]),
+    };
+    // During the load: its second half, past the start-up. After it: until the last point
+    // landed (the sampler goes on while pensim verifies).
+    let (during, cores_during) = between(at(load / 2.0), at(load));
+    let last_point = samples.iter().find(|s| samples.last().is_some_and(|last| s.points >= last.points)).cloned();
+    let (after, cores_after) = match &last_point {
+        Some(last) if last.at_s > load + 1.0 => between(at(load), Some(last.clone())),
+        _ => (0.0, vec![0.0; 3]),
+    };
+    let cores = |cores: &[f64]| serde_json::json!({"penwarden": cores[0], "sink": cores[1], "mosquitto": cores[2]});
+    result["sink"] = format!("{sink:?}").to_lowercase().into();
     result["landed_per_s_during_load"] = round3(during).into();
     result["landed_per_s_after_load"] = round3(after).into();
-    result["points_written_per_second"] =
-        written.iter().map(|(time, points)| serde_json::json!([round3(*time), points])).collect::<Vec<_>>().into();
+    // When penwarden wrote its last point, after the load. pensim's count confirms it
+    // (`verify_wait_s`) but runs late by up to two counts, each a scan of every point landed.
+    result["drained_s"] = round3(last_point.map_or(0.0, |last| (last.at_s - load).max(0.0))).into();
+    result["cores_during_load"] = cores(&cores_during);
+    result["cores_after_load"] = cores(&cores_after);
+    // Each second: time, points written so far, and CPU seconds so far of penwarden, the sink
+    // and the broker.
+    result["timeline"] = samples
+        .iter()
+        .map(|s| serde_json::json!([round3(s.at_s), s.points, round3(s.cpu[0]), round3(s.cpu[1]), round3(s.cpu[2])]))
+        .collect::<Vec<_>>()
+        .into();
     result["reconnects"] = metric(&metrics_addr, "penwarden_mqtt_reconnects_total").await.unwrap_or(0.0).into();
     result["received_messages"] =
         metric(&metrics_addr, "penwarden_mqtt_messages_received_total").await.unwrap_or(0.0).into();
     eprintln!(
-        "  overload {rate}/s: landed {during:.0}/s during, {after:.0}/s after, reconnects {}, drained in {} s",
-        result["reconnects"], result["verify_wait_s"]
+        "  overload {rate}/s into {sink:?}: landed {during:.0}/s during, {after:.0}/s after, reconnects {}, drained in {} s \
+         (counted in {} s); cores during {}, after {}",
+        result["reconnects"], result["drained_s"], result["verify_wait_s"], result["cores_during_load"], result["cores_after_load"]
     );
     result
+}
+
+/// One reading of the overload run's sampler.
+#[derive(Clone)]
+struct OverloadSample {
+    at_s: f64,
+    /// penwarden's points written so far.
+    points: f64,
+    /// CPU seconds so far of penwarden, the sink and the broker.
+    cpu: [f64; 3],
 }
 
 /// One load run: offered rate for the duration, then verify every sample landed.
@@ -735,18 +780,22 @@ async fn main() {
     if options.scenarios.contains(&Scenario::Overload) {
         let mut overload = Vec::new();
         for _ in 0..options.runs {
-            overload.push(overload_run(1000, options.overload_rate, options.duration_s).await);
+            overload.push(overload_run(1000, options.overload_rate, options.duration_s, options.sink).await);
         }
         for run in &overload {
             rows.push(format!(
-                "| overload | 1000 pens, offered {}/s for {} s, then nothing | landed {:.0} samples/s during the load, {:.0}/s after | reconnects {}, all landed: {}, drained in {} s |",
+                "| overload | 1000 pens, offered {}/s for {} s into {}, then nothing | landed {:.0} samples/s during the load, {:.0}/s after | reconnects {}, all landed: {}, drained in {} s (counted in {} s); cores during {}, after {} |",
                 options.overload_rate,
                 options.duration_s,
+                run["sink"].as_str().unwrap_or(""),
                 run["landed_per_s_during_load"].as_f64().unwrap_or(0.0),
                 run["landed_per_s_after_load"].as_f64().unwrap_or(0.0),
                 run["reconnects"],
                 run["zero_loss"],
+                run["drained_s"],
                 run["verify_wait_s"],
+                run["cores_during_load"],
+                run["cores_after_load"],
             ));
         }
         results["overload"] = overload.into();

@@ -189,6 +189,7 @@ async fn verify(url: &str, database: &str, expected: u64) -> anyhow::Result<(u64
     let started = Instant::now();
     let mut last = (0u64, Instant::now());
     loop {
+        let asked = Instant::now();
         let response = client
             .get(format!("{url}/query"))
             .query(&[("db", database), ("q", "SELECT count(depth_mm) FROM pen_telemetry")])
@@ -196,15 +197,50 @@ async fn verify(url: &str, database: &str, expected: u64) -> anyhow::Result<(u64
             .await
             .context("querying InfluxDB")?;
         let body: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+        let counted_in = asked.elapsed();
         let landed = body["results"][0]["series"][0]["values"][0][1].as_u64().unwrap_or(0);
         if landed >= expected {
             return Ok((landed, started.elapsed()));
         }
+        let rate = if landed > last.0 { (landed - last.0) as f64 / last.1.elapsed().as_secs_f64() } else { 0.0 };
         if landed > last.0 {
             last = (landed, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(120) {
             return Ok((landed, started.elapsed()));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(pause_between_counts(expected - landed, rate, counted_in)).await;
+    }
+}
+
+/// How long to wait before counting again. The count reads every point landed so far (about
+/// a second at tens of millions), and counting back to back after an overload took InfluxDB's
+/// cores from the very writes being waited for: the drain measured a quarter slower than it
+/// ran. So a count waits at least twice as long as the last one took, and while much is
+/// left, half the time the rest should take at the rate seen, up to 5 s.
+fn pause_between_counts(left: u64, samples_per_s: f64, last_count_took: Duration) -> Duration {
+    let expected_rest = if samples_per_s > 0.0 {
+        Duration::from_secs_f64((left as f64 / samples_per_s / 2.0).min(5.0))
+    } else {
+        Duration::ZERO
+    };
+    Duration::from_millis(250).max(last_count_took * 2).max(expected_rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_waits_in_proportion_to_the_count_and_to_what_is_left() {
+        let ms = Duration::from_millis;
+        // Little left, cheap count: the floor.
+        assert_eq!(pause_between_counts(1_000, 200_000.0, ms(10)), ms(250));
+        // An expensive count is not repeated back to back.
+        assert_eq!(pause_between_counts(1_000, 200_000.0, ms(900)), ms(1800));
+        // Much left: half the time the rest should take, at most 5 s.
+        assert_eq!(pause_between_counts(800_000, 200_000.0, ms(10)), ms(2000));
+        assert_eq!(pause_between_counts(10_000_000, 200_000.0, ms(10)), ms(5000));
+        // No progress seen yet: no estimate.
+        assert_eq!(pause_between_counts(10_000_000, 0.0, ms(10)), ms(250));
     }
 }

@@ -51,8 +51,11 @@ pub(crate) async fn run(args: &Args, rate: u64) -> anyhow::Result<serde_json::Va
         }));
     }
     let mut open = Vec::new();
+    let mut sent = Sent { start_ms, samples_per_pen: Vec::with_capacity(args.pens) };
     for task in tasks {
-        open.push(task.await.context("a sender panicked")??);
+        let (connection, samples_per_pen) = task.await.context("a sender panicked")??;
+        open.push(connection);
+        sent.samples_per_pen.extend(samples_per_pen);
     }
     let sent_in = started.elapsed();
     let messages = totals.messages.load(Ordering::Relaxed);
@@ -84,7 +87,7 @@ pub(crate) async fn run(args: &Args, rate: u64) -> anyhow::Result<serde_json::Va
         "acked_samples_per_s": round(samples as f64 / acked_in.as_secs_f64()),
     });
     if let Some(url) = &args.verify_influx {
-        let (landed, waited) = verify(url, &args.verify_db, samples).await?;
+        let (landed, waited) = verify(url, &args.verify_db, &sent).await?;
         summary["landed_samples"] = landed.into();
         summary["verify_wait_s"] = round(waited.as_secs_f64()).into();
     }
@@ -132,7 +135,7 @@ async fn send(
     start_ms: i64,
     deadline: Instant,
     totals: &Totals,
-) -> anyhow::Result<Connection> {
+) -> anyhow::Result<(Connection, Vec<u64>)> {
     let topics: Vec<String> = pens.iter().map(|pen| format!("{}/pens/{pen}/telemetry", args.topic_root)).collect();
     let mut seqs = vec![0u64; pens.len()];
     let per_message = args.samples_per_message as i64;
@@ -179,26 +182,84 @@ async fn send(
         }
     }
     // The caller keeps the connection open until the broker acknowledged everything.
-    Ok(connection)
+    Ok((connection, seqs.iter().map(|&messages| messages * per_message as u64).collect()))
 }
 
-/// Polls InfluxDB (v1 query API) until it holds `expected` samples, or 120 s pass with no
-/// progress; returns what landed and how long it took.
-async fn verify(url: &str, database: &str, expected: u64) -> anyhow::Result<(u64, Duration)> {
+/// What a load run sent: each pen's samples have device times `start_ms`, `start_ms + 1`, …,
+/// one per sample, so the count expected in any time range follows from these alone.
+struct Sent {
+    start_ms: i64,
+    samples_per_pen: Vec<u64>,
+}
+
+impl Sent {
+    fn total(&self) -> u64 {
+        self.samples_per_pen.iter().sum()
+    }
+
+    /// Just past the newest device time sent.
+    fn end_ms(&self) -> i64 {
+        self.start_ms + self.samples_per_pen.iter().copied().max().unwrap_or(0) as i64
+    }
+
+    /// Samples sent with device times in `[from_ms, to_ms)`.
+    fn expected_in(&self, from_ms: i64, to_ms: i64) -> u64 {
+        self.samples_per_pen
+            .iter()
+            .map(|&samples| {
+                let (first, end) = (self.start_ms, self.start_ms + samples as i64);
+                (end.min(to_ms) - first.max(from_ms)).max(0) as u64
+            })
+            .sum()
+    }
+}
+
+/// Counting windows of device time: a window whose count is complete is never counted again.
+const COUNT_WINDOW_MS: i64 = 1000;
+
+/// Polls InfluxDB (v1 query API) until it holds every sample sent, or 120 s pass with no
+/// progress; returns what landed and how long it took. Each poll counts per second of device
+/// time, and only from the oldest second still short: a count of everything scans every point
+/// landed so far (seconds at tens of millions), and counting that back to back after an
+/// overload took InfluxDB's cores from the very writes being waited for.
+async fn verify(url: &str, database: &str, sent: &Sent) -> anyhow::Result<(u64, Duration)> {
     let client = reqwest::Client::new();
+    let expected = sent.total();
     let started = Instant::now();
     let mut last = (0u64, Instant::now());
+    // Everything before `complete_ms` has landed: `complete` samples.
+    let mut complete_ms = sent.start_ms - sent.start_ms.rem_euclid(COUNT_WINDOW_MS);
+    let mut complete = 0u64;
     loop {
         let asked = Instant::now();
+        let query = format!(
+            "SELECT count(depth_mm) FROM pen_telemetry WHERE time >= {complete_ms}ms AND time < {}ms \
+             GROUP BY time({COUNT_WINDOW_MS}ms)",
+            sent.end_ms()
+        );
         let response = client
             .get(format!("{url}/query"))
-            .query(&[("db", database), ("q", "SELECT count(depth_mm) FROM pen_telemetry")])
+            .query(&[("db", database), ("q", query.as_str()), ("epoch", "ms")])
             .send()
             .await
             .context("querying InfluxDB")?;
         let body: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+        if let Some(error) = body["results"][0]["error"].as_str() {
+            anyhow::bail!("InfluxDB refused the count: {error}");
+        }
         let counted_in = asked.elapsed();
-        let landed = body["results"][0]["series"][0]["values"][0][1].as_u64().unwrap_or(0);
+        let windows = count_windows(&body["results"][0]["series"][0]["values"]);
+        let mut still_short = false;
+        let mut landed = complete;
+        for (window_ms, count) in windows {
+            landed += count;
+            if !still_short && count >= sent.expected_in(window_ms, window_ms + COUNT_WINDOW_MS) {
+                complete += count;
+                complete_ms = window_ms + COUNT_WINDOW_MS;
+            } else {
+                still_short = true;
+            }
+        }
         if landed >= expected {
             return Ok((landed, started.elapsed()));
         }
@@ -212,18 +273,26 @@ async fn verify(url: &str, database: &str, expected: u64) -> anyhow::Result<(u64
     }
 }
 
-/// How long to wait before counting again. The count reads every point landed so far (about
-/// a second at tens of millions), and counting back to back after an overload took InfluxDB's
-/// cores from the very writes being waited for: the drain measured a quarter slower than it
-/// ran. So a count waits at least twice as long as the last one took, and while much is
-/// left, half the time the rest should take at the rate seen, up to 5 s.
+/// The (window start in ms, count) rows of a `GROUP BY time` count; a window with no points
+/// has a null count.
+fn count_windows(values: &serde_json::Value) -> Vec<(i64, u64)> {
+    values
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|row| Some((row[0].as_i64()?, row[1].as_u64().unwrap_or(0)))).collect())
+        .unwrap_or_default()
+}
+
+/// How long to wait before counting again: at least as long as the last count took (the first
+/// one reads every point landed, seconds at tens of millions), so that counting never takes
+/// more than half a core from the writes, and while much is left, half the time the rest
+/// should take at the rate seen, up to 5 s.
 fn pause_between_counts(left: u64, samples_per_s: f64, last_count_took: Duration) -> Duration {
     let expected_rest = if samples_per_s > 0.0 {
         Duration::from_secs_f64((left as f64 / samples_per_s / 2.0).min(5.0))
     } else {
         Duration::ZERO
     };
-    Duration::from_millis(250).max(last_count_took * 2).max(expected_rest)
+    Duration::from_millis(250).max(last_count_took).max(expected_rest)
 }
 
 #[cfg(test)]
@@ -231,12 +300,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_count_expected_in_a_window_follows_from_what_each_pen_sent() {
+        // Pen A sent 2500 samples (device times 10,000 to 12,499), pen B 1000, pen C none.
+        let sent = Sent { start_ms: 10_000, samples_per_pen: vec![2500, 1000, 0] };
+        assert_eq!(sent.total(), 3500);
+        assert_eq!(sent.end_ms(), 12_500);
+        assert_eq!(sent.expected_in(10_000, 11_000), 2000);
+        assert_eq!(sent.expected_in(11_000, 12_000), 1000);
+        assert_eq!(sent.expected_in(12_000, 13_000), 500);
+        assert_eq!(sent.expected_in(0, 10_000), 0);
+        assert_eq!(sent.expected_in(10_500, 10_501), 2);
+        let whole: u64 = (0..20).map(|w| sent.expected_in(w * 1000, (w + 1) * 1000)).sum();
+        assert_eq!(whole, sent.total());
+    }
+
+    #[test]
+    fn empty_windows_count_zero() {
+        let values = serde_json::json!([[1000, 5], [2000, null], [3000, 7]]);
+        assert_eq!(count_windows(&values), vec![(1000, 5), (2000, 0), (3000, 7)]);
+        assert_eq!(count_windows(&serde_json::Value::Null), vec![]);
+    }
+
+    #[test]
     fn counting_waits_in_proportion_to_the_count_and_to_what_is_left() {
         let ms = Duration::from_millis;
         // Little left, cheap count: the floor.
         assert_eq!(pause_between_counts(1_000, 200_000.0, ms(10)), ms(250));
         // An expensive count is not repeated back to back.
-        assert_eq!(pause_between_counts(1_000, 200_000.0, ms(900)), ms(1800));
+        assert_eq!(pause_between_counts(1_000, 200_000.0, ms(900)), ms(900));
         // Much left: half the time the rest should take, at most 5 s.
         assert_eq!(pause_between_counts(800_000, 200_000.0, ms(10)), ms(2000));
         assert_eq!(pause_between_counts(10_000_000, 200_000.0, ms(10)), ms(5000));

@@ -301,7 +301,7 @@ async fn overload_run(pens: usize, rate: u64, duration_s: u64, sink: Sink) -> se
     result["landed_per_s_during_load"] = round3(during).into();
     result["landed_per_s_after_load"] = round3(after).into();
     // When penwarden wrote its last point, after the load. pensim's count confirms it
-    // (`verify_wait_s`) but runs late by up to two counts, each a scan of every point landed.
+    // (`verify_wait_s`), late by up to a count and the pause before it.
     result["drained_s"] = round3(last_point.map_or(0.0, |last| (last.at_s - load).max(0.0))).into();
     result["cores_during_load"] = cores(&cores_during);
     result["cores_after_load"] = cores(&cores_after);
